@@ -1,0 +1,1 @@
+//! ACPI table readers (filled in by the ACPI work).

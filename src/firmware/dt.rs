@@ -1,0 +1,1 @@
+//! Device-tree reader (filled in by the DT work).
