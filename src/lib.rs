@@ -18,6 +18,9 @@ pub mod error;
 pub mod firmware;
 pub mod hal;
 pub mod mmio;
+pub mod pci;
+pub mod smmuv3;
+pub mod vtd;
 
 pub use addr::{Bdf, Iova, Pasid, PhysAddr, RequesterId, StreamId, VirtAddr};
 pub use error::{Error, Result};

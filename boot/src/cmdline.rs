@@ -1,0 +1,53 @@
+//! The image's command line: space-separated `key=value` words; `test=NAME` picks the self-test.
+
+/// The self-tests one image offers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum SelfTest {
+    /// Report what the firmware tables and hardware describe, and check it is consistent.
+    Discover,
+    /// A check that fails on purpose (tests the harness).
+    Fail,
+    /// A panic (tests the harness).
+    Panic,
+    /// A CPU exception (tests the harness and the exception vectors).
+    Exception,
+    /// Never exits (tests the harness's timeout).
+    Hang,
+    /// A name the image does not know.
+    Unknown(&'static str),
+}
+
+impl SelfTest {
+    pub const KNOWN: &'static str = "discover, fail, panic, exception, hang";
+
+    /// The self-test named by the last `test=` word, `discover` when there is none.
+    pub fn from_cmdline(cmdline: &'static str) -> Self {
+        let mut test = SelfTest::Discover;
+        for word in cmdline.split_ascii_whitespace() {
+            if let Some(name) = word.strip_prefix("test=") {
+                test = match name {
+                    "discover" => SelfTest::Discover,
+                    "fail" => SelfTest::Fail,
+                    "panic" => SelfTest::Panic,
+                    "exception" => SelfTest::Exception,
+                    "hang" => SelfTest::Hang,
+                    other => SelfTest::Unknown(other),
+                };
+            } else {
+                defmt::warn!("command line: ignoring \"{=str}\"", word);
+            }
+        }
+        test
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SelfTest::Discover => "discover",
+            SelfTest::Fail => "fail",
+            SelfTest::Panic => "panic",
+            SelfTest::Exception => "exception",
+            SelfTest::Hang => "hang",
+            SelfTest::Unknown(name) => name,
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Enhanced Configuration Access Mechanism (PCIe Base 6.0 §7.2.2): each function's 4 KiB of
+//! configuration space at `base + (bus - start_bus) << 20 | dev << 15 | fn << 12`.
+
+use core::fmt;
+
+use crate::addr::{Bdf, PhysAddr};
+use crate::error::{Error, Result};
+use crate::hal::Platform;
+use crate::mmio::MmioRegion;
+
+/// Bytes of configuration space per bus (32 devices x 8 functions x 4 KiB).
+pub const BUS_SIZE: u64 = 1 << 20;
+
+/// One ECAM window as firmware describes it (an MCFG entry, or a DT `pci-host-ecam-generic`
+/// node's `reg` and `bus-range`). `base` is the address of `start_bus`'s configuration space.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct EcamWindow {
+    /// Physical address of the configuration space of `start_bus`, device 0, function 0.
+    pub base: PhysAddr,
+    /// PCI segment group.
+    pub segment: u16,
+    /// First bus decoded.
+    pub start_bus: u8,
+    /// Last bus decoded (inclusive).
+    pub end_bus: u8,
+}
+
+impl EcamWindow {
+    /// Bytes the window spans, or [`Error::InvalidField`] if `end_bus < start_bus`.
+    pub fn size(&self) -> Result<u64> {
+        if self.end_bus < self.start_bus {
+            return Err(Error::InvalidField { what: "ECAM bus range end", value: u64::from(self.end_bus) });
+        }
+        Ok((u64::from(self.end_bus) - u64::from(self.start_bus) + 1) * BUS_SIZE)
+    }
+}
+
+/// Configuration space of one segment, mapped.
+#[derive(Debug)]
+pub struct Ecam {
+    region: MmioRegion,
+    window: EcamWindow,
+}
+
+/// Vendor ID a read of an absent function returns (PCIe Base 6.0 §2.3.2: a configuration read
+/// that no function claims completes with UR and reads all-ones).
+pub const ABSENT: u16 = 0xffff;
+
+impl Ecam {
+    /// Maps `window` through the platform.
+    pub fn map<P: Platform + ?Sized>(platform: &P, window: EcamWindow) -> Result<Self> {
+        let size = window.size()?;
+        window.base.checked_add(size)?;
+        if !window.base.is_aligned(BUS_SIZE) {
+            return Err(Error::Misaligned { what: "ECAM base", value: window.base.0, align: BUS_SIZE });
+        }
+        let len = usize::try_from(size).map_err(|_| Error::MmioUnavailable { base: window.base.0, size })?;
+        let ptr = platform.map_mmio(window.base, len)?;
+        // SAFETY: `Platform::map_mmio` returns a device mapping of exactly `len` bytes at
+        // `window.base`, valid for the platform's lifetime (its implementation-safety contract).
+        let region = unsafe { MmioRegion::new(ptr, len) };
+        Ok(Self { region, window })
+    }
+
+    /// The window this accessor covers.
+    pub const fn window(&self) -> EcamWindow {
+        self.window
+    }
+
+    fn offset(&self, bdf: Bdf, offset: u16, width: u16) -> Option<usize> {
+        if bdf.segment != self.window.segment
+            || bdf.bus < self.window.start_bus
+            || bdf.bus > self.window.end_bus
+            || offset % width != 0
+            || offset >= 4096
+        {
+            return None;
+        }
+        let bus = usize::from(bdf.bus - self.window.start_bus);
+        Some((bus << 20) | (usize::from(bdf.devfn) << 12) | usize::from(offset))
+    }
+
+    /// Reads 32 bits of `bdf`'s configuration space; all-ones outside the window, past 4 KiB
+    /// or misaligned, as a read that no function claims.
+    pub fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
+        self.offset(bdf, offset, 4).map_or(u32::MAX, |o| self.region.read32(o))
+    }
+
+    /// Reads 16 bits (see [`read32`](Self::read32)).
+    pub fn read16(&self, bdf: Bdf, offset: u16) -> u16 {
+        self.offset(bdf, offset, 2).map_or(u16::MAX, |o| self.region.read16(o))
+    }
+
+    /// Reads 8 bits (see [`read32`](Self::read32)).
+    pub fn read8(&self, bdf: Bdf, offset: u16) -> u8 {
+        self.offset(bdf, offset, 1).map_or(u8::MAX, |o| self.region.read8(o))
+    }
+
+    /// Writes 32 bits; dropped outside the window, as no function would claim it.
+    pub fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
+        if let Some(o) = self.offset(bdf, offset, 4) {
+            self.region.write32(o, value);
+        }
+    }
+
+    /// Writes 16 bits (see [`write32`](Self::write32)).
+    pub fn write16(&self, bdf: Bdf, offset: u16, value: u16) {
+        if let Some(o) = self.offset(bdf, offset, 2) {
+            self.region.write16(o, value);
+        }
+    }
+
+    /// Identity of the function at `bdf`, or `None` if nothing answers there.
+    pub fn identify(&self, bdf: Bdf) -> Option<FunctionId> {
+        let id = self.read32(bdf, 0x00);
+        // CAST: the low and high halves of the ID register.
+        let (vendor, device) = (id as u16, (id >> 16) as u16);
+        if vendor == ABSENT || vendor == 0 {
+            return None;
+        }
+        let class_rev = self.read32(bdf, 0x08);
+        let header = self.read8(bdf, 0x0e);
+        Some(FunctionId { bdf, vendor, device, class: class_rev >> 8, revision: class_rev as u8, header_type: header })
+    }
+
+    /// The functions present on `bus`: function 0 of every device, and functions 1-7 of
+    /// devices whose function 0 sets the multi-function bit (PCIe Base 6.0 §7.5.1.1.9).
+    pub fn functions_on_bus(&self, bus: u8) -> impl Iterator<Item = FunctionId> + '_ {
+        let segment = self.window.segment;
+        (0u8..32).flat_map(move |dev| {
+            let f0 = Bdf { segment, bus, devfn: dev << 3 };
+            let first = self.identify(f0);
+            let multi = first.is_some_and(|f| f.header_type & 0x80 != 0);
+            let rest = (1u8..8).filter(move |_| multi).filter_map(move |func| {
+                self.identify(Bdf { segment, bus, devfn: (dev << 3) | func })
+            });
+            first.into_iter().chain(rest)
+        })
+    }
+}
+
+/// What identifies a function: its address, IDs, class and header type.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct FunctionId {
+    /// Where it is.
+    pub bdf: Bdf,
+    /// Vendor ID.
+    pub vendor: u16,
+    /// Device ID.
+    pub device: u16,
+    /// Class code: base class, sub-class, programming interface.
+    pub class: u32,
+    /// Revision ID.
+    pub revision: u8,
+    /// Header type, bit 7 = multi-function.
+    pub header_type: u8,
+}
+
+impl fmt::Display for FunctionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:04x}:{:04x} class {:06x}", self.bdf, self.vendor, self.device, self.class)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hal::{DmaPages, Instant};
+    use core::ptr::NonNull;
+
+    /// A platform whose "MMIO" is a host buffer standing in for two buses of ECAM.
+    struct FakeEcam {
+        mem: std::cell::UnsafeCell<Vec<u32>>,
+    }
+
+    // SAFETY: test double; map_mmio returns the host buffer, which outlives every use.
+    unsafe impl Platform for FakeEcam {
+        fn alloc_dma_pages(&self, count: usize, _align: usize) -> Result<DmaPages> {
+            Err(Error::OutOfMemory { pages: count })
+        }
+        unsafe fn free_dma_pages(&self, _pages: DmaPages) {}
+        fn map_mmio(&self, _base: PhysAddr, size: usize) -> Result<NonNull<u8>> {
+            // SAFETY: the test holds the only reference to the buffer.
+            let v = unsafe { &mut *self.mem.get() };
+            assert!(size <= v.len() * 4);
+            Ok(NonNull::new(v.as_mut_ptr()).unwrap().cast())
+        }
+        fn map_firmware(&self, base: PhysAddr, size: usize) -> Result<NonNull<u8>> {
+            self.map_mmio(base, size)
+        }
+        fn write_barrier(&self) {}
+        fn read_barrier(&self) {}
+        fn now(&self) -> Instant {
+            Instant(0)
+        }
+    }
+
+    fn fake(functions: &[(u8, u8, u8, u32, u8)]) -> FakeEcam {
+        let mut mem = vec![u32::MAX; 2 << 18];
+        for &(bus, dev, func, id, header) in functions {
+            let base = ((usize::from(bus) << 20) | (usize::from(dev) << 15) | (usize::from(func) << 12)) / 4;
+            mem[base] = id;
+            mem[base + 2] = 0x0600_0002;
+            mem[base + 3] = u32::from(header) << 16;
+        }
+        FakeEcam { mem: std::cell::UnsafeCell::new(mem) }
+    }
+
+    #[test]
+    fn scans_multi_function_devices_only_when_flagged() {
+        let p = fake(&[
+            (0, 0, 0, 0x29c0_8086, 0x00),
+            (0, 0, 1, 0x1111_8086, 0x00), // ignored: device 0 is not multi-function
+            (0, 0x1f, 0, 0x2918_8086, 0x80),
+            (0, 0x1f, 3, 0x2930_8086, 0x00),
+            (1, 0, 0, 0x10c9_8086, 0x00),
+        ]);
+        let window = EcamWindow { base: PhysAddr(0xb000_0000), segment: 0, start_bus: 0, end_bus: 1 };
+        let ecam = Ecam::map(&p, window).unwrap();
+        let found: Vec<_> = ecam.functions_on_bus(0).map(|f| (f.bdf.dev(), f.bdf.func(), f.device)).collect();
+        assert_eq!(found, [(0, 0, 0x29c0), (0x1f, 0, 0x2918), (0x1f, 3, 0x2930)]);
+        assert_eq!(ecam.functions_on_bus(1).count(), 1);
+        assert_eq!(ecam.identify(Bdf::new(0, 0, 0, 0).unwrap()).unwrap().class, 0x06_0000);
+    }
+
+    #[test]
+    fn outside_the_window_reads_all_ones() {
+        let p = fake(&[(0, 0, 0, 0x29c0_8086, 0)]);
+        let window = EcamWindow { base: PhysAddr(0), segment: 0, start_bus: 0, end_bus: 1 };
+        let ecam = Ecam::map(&p, window).unwrap();
+        assert_eq!(ecam.read32(Bdf::new(0, 2, 0, 0).unwrap(), 0), u32::MAX);
+        assert_eq!(ecam.read32(Bdf::new(1, 0, 0, 0).unwrap(), 0), u32::MAX, "other segment");
+        assert_eq!(ecam.read32(Bdf::new(0, 0, 0, 0).unwrap(), 4096), u32::MAX);
+        assert_eq!(ecam.read32(Bdf::new(0, 0, 0, 0).unwrap(), 2), u32::MAX, "misaligned");
+        assert_eq!(ecam.read16(Bdf::new(0, 0, 0, 0).unwrap(), 2), 0x29c0);
+    }
+
+    #[test]
+    fn rejects_bad_windows() {
+        let p = fake(&[]);
+        let bad = EcamWindow { base: PhysAddr(0x1000), segment: 0, start_bus: 0, end_bus: 0 };
+        assert!(matches!(Ecam::map(&p, bad), Err(Error::Misaligned { .. })));
+        let bad = EcamWindow { base: PhysAddr(0), segment: 0, start_bus: 2, end_bus: 1 };
+        assert!(matches!(Ecam::map(&p, bad), Err(Error::InvalidField { .. })));
+    }
+}

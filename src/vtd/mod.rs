@@ -1,0 +1,7 @@
+//! Intel VT-d (Intel Virtualization Technology for Directed I/O, rev. 4.x/5.x).
+//!
+//! [`regs`] decodes and validates the capability registers before anything is sized from them.
+
+pub mod regs;
+
+pub use regs::{Capability, ExtendedCapability, Version};
