@@ -9,19 +9,16 @@ use crate::error::Error;
 
 /// A physical address as seen by the CPU and by devices that bypass translation.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(transparent)]
 pub struct PhysAddr(pub u64);
 
 /// A virtual address in the hypervisor's own address space.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(transparent)]
 pub struct VirtAddr(pub usize);
 
 /// An I/O virtual address: what a device puts on the bus and an IOMMU translates.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(transparent)]
 pub struct Iova(pub u64);
 
@@ -64,6 +61,13 @@ macro_rules! addr_common {
             }
         }
 
+        #[cfg(feature = "defmt")]
+        impl defmt::Format for $t {
+            fn format(&self, f: defmt::Formatter<'_>) {
+                defmt::write!(f, "{=u64:#x}", self.0 as u64)
+            }
+        }
+
         impl fmt::LowerHex for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 fmt::LowerHex::fmt(&self.0, f)
@@ -81,7 +85,6 @@ addr_common!(Iova, u64);
 /// With ARI the device number is 0 and the function number is 8 bits; [`Bdf::from_routing_id`]
 /// and [`Bdf::routing_id`] treat the low 8 bits as one `devfn` byte, which covers both forms.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Bdf {
     /// PCI segment group (MCFG segment, DT `linux,pci-domain`).
     pub segment: u16,
@@ -122,6 +125,13 @@ impl Bdf {
     }
 }
 
+#[cfg(feature = "defmt")]
+impl defmt::Format for Bdf {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{=u16:04x}:{=u8:02x}:{=u8:02x}.{=u8}", self.segment, self.bus, self.dev(), self.func())
+    }
+}
+
 impl fmt::Debug for Bdf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
@@ -138,9 +148,15 @@ impl fmt::Display for Bdf {
 ///
 /// It differs from the function's own routing ID behind PCIe-to-PCI and conventional bridges.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(transparent)]
 pub struct RequesterId(pub u16);
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for RequesterId {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{=u8:02x}:{=u8:02x}.{=u8}", self.bus(), self.devfn() >> 3, self.devfn() & 7)
+    }
+}
 
 impl RequesterId {
     /// Bus number part.

@@ -6,6 +6,7 @@
 //! and 35 otherwise (x86 `isa-debug-exit`, Arm semihosting).
 #![no_std]
 #![no_main]
+#![allow(unreachable_pub, reason = "a binary: `pub` only marks what its modules share")]
 
 mod arch;
 mod boot_info;

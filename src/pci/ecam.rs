@@ -72,7 +72,7 @@ impl Ecam {
         if bdf.segment != self.window.segment
             || bdf.bus < self.window.start_bus
             || bdf.bus > self.window.end_bus
-            || offset % width != 0
+            || !offset.is_multiple_of(width)
             || offset >= 4096
         {
             return None;
@@ -142,7 +142,6 @@ impl Ecam {
 
 /// What identifies a function: its address, IDs, class and header type.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct FunctionId {
     /// Where it is.
     pub bdf: Bdf,
@@ -156,6 +155,64 @@ pub struct FunctionId {
     pub revision: u8,
     /// Header type, bit 7 = multi-function.
     pub header_type: u8,
+}
+
+impl FunctionId {
+    /// Whether the header is a PCI-to-PCI bridge's (type 1).
+    pub const fn is_bridge(&self) -> bool {
+        self.header_type & 0x7f == 1
+    }
+
+    /// A short name of the class code (PCI Code and ID Assignment spec §1).
+    pub const fn class_name(&self) -> &'static str {
+        class_name(self.class)
+    }
+}
+
+/// A short name for a class code (base class, sub-class, programming interface).
+pub const fn class_name(class: u32) -> &'static str {
+    match (class >> 16, (class >> 8) & 0xff, class & 0xff) {
+        (0x00, _, _) => "unclassified",
+        (0x01, 0x01, _) => "IDE controller",
+        (0x01, 0x06, _) => "SATA controller",
+        (0x01, 0x08, 0x02) => "NVMe controller",
+        (0x01, _, _) => "storage controller",
+        (0x02, 0x00, _) => "Ethernet controller",
+        (0x02, _, _) => "network controller",
+        (0x03, _, _) => "display controller",
+        (0x04, _, _) => "multimedia controller",
+        (0x05, _, _) => "memory controller",
+        (0x06, 0x00, _) => "host bridge",
+        (0x06, 0x01, _) => "ISA bridge",
+        (0x06, 0x04, _) => "PCI bridge",
+        (0x06, 0x09, _) => "PCI bridge (semi-transparent)",
+        (0x06, _, _) => "bridge",
+        (0x07, _, _) => "communication controller",
+        (0x08, 0x06, _) => "IOMMU",
+        (0x08, _, _) => "system peripheral",
+        (0x0c, 0x03, _) => "USB controller",
+        (0x0c, 0x05, _) => "SMBus controller",
+        (0x0c, _, _) => "serial bus controller",
+        (0xff, _, _) => "vendor-specific",
+        _ => "other",
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for FunctionId {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "{} {=u16:04x}:{=u16:04x} rev {=u8:#04x} class {=u32:06x} ({=str}){=str}",
+            self.bdf,
+            self.vendor,
+            self.device,
+            self.revision,
+            self.class,
+            self.class_name(),
+            if self.header_type & 0x80 != 0 { ", multi-function" } else { "" }
+        )
+    }
 }
 
 impl fmt::Display for FunctionId {

@@ -5,4 +5,4 @@
 
 pub mod ecam;
 
-pub use ecam::{Ecam, EcamWindow, FunctionId};
+pub use ecam::{Ecam, EcamWindow, FunctionId, class_name};

@@ -344,12 +344,12 @@ impl defmt::Format for IdRegisters {
         let (i0, i1, i3, i5) = (self.idr0, self.idr1, self.idr3, self.idr5);
         defmt::write!(
             f,
-            "IDR0 {=u32:#010x} IDR1 {=u32:#010x} IDR3 {=u32:#010x} IDR5 {=u32:#010x} AIDR {=u32} (SMMUv3.{=u32}): S1P {=bool} S2P {=bool} TTF {=u8:#04b} COHACC {=bool} BTM {=bool} HTTU {=u8} HYP {=bool} ATS {=bool} PRI {=bool} MSI {=bool} SEV {=bool} ASID16 {=bool} VMID16 {=bool} CD2L {=bool} stall model {=u8} stream table {}; SIDSIZE {=u8} SSIDSIZE {=u8} CMDQS {=u8} EVENTQS {=u8} PRIQS {=u8}; RIL {=bool} BBML {=u8}; OAS {} bits, granules 4K {=bool} 16K {=bool} 64K {=bool}",
+            "IDR0 {=u32:#010x} IDR1 {=u32:#010x} IDR3 {=u32:#010x} IDR5 {=u32:#010x} AIDR {=u32} (SMMUv3.{=u32}): S1P {=bool} S2P {=bool} TTF {=u8:#04b} COHACC {=bool} BTM {=bool} HTTU {=u8} HYP {=bool} ATS {=bool} PRI {=bool} MSI {=bool} SEV {=bool} ASID16 {=bool} VMID16 {=bool} CD2L {=bool} stall model {=u8} 2-level stream table {=bool}; SIDSIZE {=u8} SSIDSIZE {=u8} CMDQS {=u8} EVENTQS {=u8} PRIQS {=u8}; RIL {=bool} BBML {=u8}; OAS {=u8} bits, granules 4K {=bool} 16K {=bool} 64K {=bool}",
             i0.0, i1.0, i3.0, i5.0, self.aidr, self.aidr & 0xf,
-            i0.s1p(), i0.s2p(), i0.ttf(), i0.cohacc(), i0.btm(), i0.httu(), i0.hyp(), i0.ats(), i0.pri(), i0.msi(), i0.sev(), i0.asid16(), i0.vmid16(), i0.cd2l(), i0.stall_model(), i0.stream_table_levels().ok(),
+            i0.s1p(), i0.s2p(), i0.ttf(), i0.cohacc(), i0.btm(), i0.httu(), i0.hyp(), i0.ats(), i0.pri(), i0.msi(), i0.sev(), i0.asid16(), i0.vmid16(), i0.cd2l(), i0.stall_model(), i0.stream_table_levels() == Ok(StreamTableLevels::TwoLevel),
             i1.sid_bits(), i1.ssid_bits(), i1.cmdq_log2(), i1.eventq_log2(), i1.priq_log2(),
             i3.ril(), i3.bbml(),
-            i5.output_address_bits().ok(), i5.gran4k(), i5.gran16k(), i5.gran64k(),
+            i5.output_address_bits().unwrap_or(0), i5.gran4k(), i5.gran16k(), i5.gran64k(),
         )
     }
 }

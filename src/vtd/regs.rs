@@ -314,9 +314,9 @@ impl defmt::Format for Capability {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(
             f,
-            "{=u64:#018x}: domains {}, SAGAW {=u8:#07b} (3-level {=bool}, 4-level {=bool}, 5-level {=bool}), MGAW {=u8}, SLLPS {=u8:#06b} (2M {=bool}, 1G {=bool}), fault regs {=usize} at {=usize:#x}, PSI {=bool} MAMV {=u8}, CM {=bool} RWBF {=bool} ZLR {=bool} DWD {=bool} DRD {=bool} FS1GP {=bool} FS5LP {=bool} PI {=bool} ESRTPS {=bool} ESIRTPS {=bool}",
+            "{=u64:#018x}: domains {=u32}, SAGAW {=u8:#07b} (3-level {=bool}, 4-level {=bool}, 5-level {=bool}), MGAW {=u8}, SLLPS {=u8:#06b} (2M {=bool}, 1G {=bool}), fault regs {=usize} at {=usize:#x}, PSI {=bool} MAMV {=u8}, CM {=bool} RWBF {=bool} ZLR {=bool} DWD {=bool} DRD {=bool} FS1GP {=bool} FS5LP {=bool} PI {=bool} ESRTPS {=bool} ESIRTPS {=bool}",
             self.0,
-            self.domains().ok(),
+            self.domains().unwrap_or(0),
             self.sagaw(),
             self.sagaw() & 2 != 0,
             self.sagaw() & 4 != 0,

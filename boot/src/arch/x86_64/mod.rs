@@ -304,3 +304,20 @@ fn install_idt() {
     // never returns.
     unsafe { lidt(&ptr) };
 }
+
+/// Reads configuration space through the legacy CF8/CFC mechanism (PCI Local Bus 3.0 §3.2.2.3.2),
+/// which reaches the first 256 bytes of segment 0 independently of ECAM: the discovery uses it
+/// to cross-check what it read through the MCFG window.
+pub fn legacy_config_read32(bus: u8, dev: u8, func: u8, offset: u8) -> u32 {
+    let address = 0x8000_0000
+        | (u32::from(bus) << 16)
+        | (u32::from(dev & 0x1f) << 11)
+        | (u32::from(func & 7) << 8)
+        | u32::from(offset & 0xfc);
+    // SAFETY: CF8/CFC are the PC configuration mechanism #1 ports; writing the address and
+    // reading the data register has no effect beyond the configuration read.
+    unsafe {
+        Port::<u32>::new(0xcf8).write(address);
+        Port::<u32>::new(0xcfc).read()
+    }
+}
