@@ -1,1 +1,0 @@
-//! Device-tree reader (filled in by the DT work).
