@@ -103,13 +103,6 @@ pub fn check_clock(platform: &QemuPlatform, checks: &mut Checks) {
     checks.check("the monotonic clock advances and bounds a poll", elapsed >= 200 && waited.is_err());
 }
 
-/// Printable form of an ASCII identifier from firmware (signatures, OEM IDs, names): the bytes
-/// up to the first NUL if they are UTF-8, else a placeholder.
-pub fn ascii(bytes: &[u8]) -> &str {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    core::str::from_utf8(&bytes[..end]).unwrap_or("(not ASCII)").trim_end()
-}
-
 /// Logs the memory map.
 pub fn log_memory(info: &BootInfo) {
     for r in info.memory.regions() {

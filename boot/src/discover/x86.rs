@@ -72,14 +72,14 @@ pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks) {
     defmt::info!(
         "ACPI: RSDP revision {=u8}, OEM \"{=str}\", {=str} with {=usize} entries",
         rsdp.revision(),
-        super::ascii(&rsdp.oem_id()),
+        ascii(&rsdp.oem_id()),
         if acpi.root().is_xsdt() { "XSDT" } else { "RSDT" },
         acpi.root().entry_count()
     );
     let mut bad_tables = 0;
     for table in acpi.tables() {
         match table {
-            Ok(t) => defmt::info!("ACPI table {=str} at {} length {=usize}", super::ascii(&t.signature), t.phys, t.length),
+            Ok(t) => defmt::info!("ACPI table {=str} at {} length {=usize}", ascii(&t.signature), t.phys, t.length),
             Err(e) => {
                 bad_tables += 1;
                 defmt::error!("ACPI table unreadable: {}", e);
@@ -189,7 +189,7 @@ pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks) {
                 defmt::info!("RHSA: unit {} in proximity domain {=u32}", rhsa.register_base(), rhsa.proximity_domain());
             }
             Ok(RemappingStructure::Andd(andd)) => {
-                defmt::info!("ANDD: device {=u8} \"{=str}\"", andd.acpi_device_number(), super::ascii(andd.object_name()));
+                defmt::info!("ANDD: device {=u8} \"{=str}\"", andd.acpi_device_number(), ascii(andd.object_name()));
             }
             Ok(RemappingStructure::Satc(satc)) => {
                 defmt::info!("SATC: segment {=u16} ATC required {=bool}", satc.segment(), satc.atc_required());
@@ -299,3 +299,11 @@ fn report_drhd(index: u32, drhd: &Drhd<'_>, ecam: &Ecam, bus0: &[Bdf], platform:
     checks.ok("VT-d CAP is valid for the register set", cap.validate(size));
     checks.ok("VT-d ECAP is valid for the register set", ecap.validate(size));
 }
+
+/// Printable form of an ASCII identifier from firmware (signatures, OEM IDs, names): the bytes
+/// up to the first NUL if they are UTF-8, else a placeholder.
+fn ascii(bytes: &[u8]) -> &str {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    core::str::from_utf8(&bytes[..end]).unwrap_or("(not ASCII)").trim_end()
+}
+
