@@ -19,6 +19,8 @@ pub mod firmware;
 pub mod hal;
 pub mod mmio;
 pub mod pci;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod smmuv3;
 pub mod vtd;
 

@@ -1,7 +1,10 @@
 //! Enhanced Configuration Access Mechanism (PCIe Base 6.0 §7.2.2): each function's 4 KiB of
 //! configuration space at `base + (bus - start_bus) << 20 | dev << 15 | fn << 12`.
 
+use core::cell::Cell;
 use core::fmt;
+
+use super::config::{AccessCounts, ConfigAccess};
 
 use crate::addr::{Bdf, PhysAddr};
 use crate::error::{Error, Result};
@@ -36,11 +39,16 @@ impl EcamWindow {
     }
 }
 
-/// Configuration space of one segment, mapped.
+/// Configuration space of one segment's bus range, mapped.
+///
+/// It counts its accesses (a `Cell`, so an `Ecam` is not `Sync`: a hypervisor that shares one
+/// between CPUs wraps it in its own lock, as it must anyway to keep read-modify-write sequences
+/// on one function atomic).
 #[derive(Debug)]
 pub struct Ecam {
     region: MmioRegion,
     window: EcamWindow,
+    counts: Cell<AccessCounts>,
 }
 
 /// Vendor ID a read of an absent function returns (PCIe Base 6.0 §2.3.2: a configuration read
@@ -60,12 +68,28 @@ impl Ecam {
         // SAFETY: `Platform::map_mmio` returns a device mapping of exactly `len` bytes at
         // `window.base`, valid for the platform's lifetime (its implementation-safety contract).
         let region = unsafe { MmioRegion::new(ptr, len) };
-        Ok(Self { region, window })
+        Ok(Self { region, window, counts: Cell::new(AccessCounts::default()) })
     }
 
     /// The window this accessor covers.
     pub const fn window(&self) -> EcamWindow {
         self.window
+    }
+
+    /// Accesses made so far through this window (including those outside it, which cost a
+    /// trap on real hardware too).
+    pub fn counts(&self) -> AccessCounts {
+        self.counts.get()
+    }
+
+    fn count(&self, write: bool) {
+        let mut c = self.counts.get();
+        if write {
+            c.writes += 1;
+        } else {
+            c.reads += 1;
+        }
+        self.counts.set(c);
     }
 
     fn offset(&self, bdf: Bdf, offset: u16, width: u16) -> Option<usize> {
@@ -84,21 +108,25 @@ impl Ecam {
     /// Reads 32 bits of `bdf`'s configuration space; all-ones outside the window, past 4 KiB
     /// or misaligned, as a read that no function claims.
     pub fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
+        self.count(false);
         self.offset(bdf, offset, 4).map_or(u32::MAX, |o| self.region.read32(o))
     }
 
     /// Reads 16 bits (see [`read32`](Self::read32)).
     pub fn read16(&self, bdf: Bdf, offset: u16) -> u16 {
+        self.count(false);
         self.offset(bdf, offset, 2).map_or(u16::MAX, |o| self.region.read16(o))
     }
 
     /// Reads 8 bits (see [`read32`](Self::read32)).
     pub fn read8(&self, bdf: Bdf, offset: u16) -> u8 {
+        self.count(false);
         self.offset(bdf, offset, 1).map_or(u8::MAX, |o| self.region.read8(o))
     }
 
     /// Writes 32 bits; dropped outside the window, as no function would claim it.
     pub fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
+        self.count(true);
         if let Some(o) = self.offset(bdf, offset, 4) {
             self.region.write32(o, value);
         }
@@ -106,9 +134,23 @@ impl Ecam {
 
     /// Writes 16 bits (see [`write32`](Self::write32)).
     pub fn write16(&self, bdf: Bdf, offset: u16, value: u16) {
+        self.count(true);
         if let Some(o) = self.offset(bdf, offset, 2) {
             self.region.write16(o, value);
         }
+    }
+
+    /// Writes 8 bits (see [`write32`](Self::write32)).
+    pub fn write8(&self, bdf: Bdf, offset: u16, value: u8) {
+        self.count(true);
+        if let Some(o) = self.offset(bdf, offset, 1) {
+            self.region.write8(o, value);
+        }
+    }
+
+    /// Whether `bdf` lies in this window.
+    pub fn covers(&self, bdf: Bdf) -> bool {
+        bdf.segment == self.window.segment && (self.window.start_bus..=self.window.end_bus).contains(&bdf.bus)
     }
 
     /// Identity of the function at `bdf`, or `None` if nothing answers there.
@@ -137,6 +179,102 @@ impl Ecam {
             });
             first.into_iter().chain(rest)
         })
+    }
+}
+
+impl ConfigAccess for Ecam {
+    fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
+        Ecam::read32(self, bdf, offset)
+    }
+    fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
+        Ecam::write32(self, bdf, offset, value)
+    }
+    fn write16(&self, bdf: Bdf, offset: u16, value: u16) {
+        Ecam::write16(self, bdf, offset, value)
+    }
+    fn write8(&self, bdf: Bdf, offset: u16, value: u8) {
+        Ecam::write8(self, bdf, offset, value)
+    }
+    fn read16(&self, bdf: Bdf, offset: u16) -> u16 {
+        Ecam::read16(self, bdf, offset)
+    }
+    fn read8(&self, bdf: Bdf, offset: u16) -> u8 {
+        Ecam::read8(self, bdf, offset)
+    }
+}
+
+/// Every ECAM window of the machine (several segments, or several bus ranges of one), routing
+/// each access to the window that covers it.
+#[derive(Debug)]
+pub struct EcamSet<const N: usize> {
+    windows: [Option<Ecam>; N],
+}
+
+impl<const N: usize> Default for EcamSet<N> {
+    fn default() -> Self {
+        Self { windows: [const { None }; N] }
+    }
+}
+
+impl<const N: usize> EcamSet<N> {
+    /// Adds a window, or [`Error::CapacityExceeded`] when `N` are already held, or
+    /// [`Error::InvalidField`] when it overlaps one already held (same segment, shared buses).
+    pub fn insert(&mut self, ecam: Ecam) -> Result<()> {
+        let w = ecam.window();
+        for held in self.windows.iter().flatten() {
+            let h = held.window();
+            if h.segment == w.segment && w.start_bus <= h.end_bus && h.start_bus <= w.end_bus {
+                return Err(Error::InvalidField { what: "ECAM window overlapping another (bus)", value: u64::from(w.start_bus) });
+            }
+        }
+        let slot = self.windows.iter_mut().find(|s| s.is_none()).ok_or(Error::CapacityExceeded { what: "ECAM windows", capacity: N })?;
+        *slot = Some(ecam);
+        Ok(())
+    }
+
+    /// The windows held.
+    pub fn windows(&self) -> impl Iterator<Item = &Ecam> {
+        self.windows.iter().flatten()
+    }
+
+    /// The window covering `bdf`.
+    pub fn window_for(&self, bdf: Bdf) -> Option<&Ecam> {
+        self.windows().find(|e| e.covers(bdf))
+    }
+
+    /// Accesses made through all windows.
+    pub fn counts(&self) -> AccessCounts {
+        self.windows().fold(AccessCounts::default(), |a, e| {
+            let c = e.counts();
+            AccessCounts { reads: a.reads + c.reads, writes: a.writes + c.writes }
+        })
+    }
+}
+
+impl<const N: usize> ConfigAccess for EcamSet<N> {
+    fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
+        self.window_for(bdf).map_or(u32::MAX, |e| e.read32(bdf, offset))
+    }
+    fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
+        if let Some(e) = self.window_for(bdf) {
+            e.write32(bdf, offset, value);
+        }
+    }
+    fn write16(&self, bdf: Bdf, offset: u16, value: u16) {
+        if let Some(e) = self.window_for(bdf) {
+            e.write16(bdf, offset, value);
+        }
+    }
+    fn write8(&self, bdf: Bdf, offset: u16, value: u8) {
+        if let Some(e) = self.window_for(bdf) {
+            e.write8(bdf, offset, value);
+        }
+    }
+    fn read16(&self, bdf: Bdf, offset: u16) -> u16 {
+        self.window_for(bdf).map_or(u16::MAX, |e| e.read16(bdf, offset))
+    }
+    fn read8(&self, bdf: Bdf, offset: u16) -> u8 {
+        self.window_for(bdf).map_or(u8::MAX, |e| e.read8(bdf, offset))
     }
 }
 
