@@ -1,0 +1,187 @@
+//! QEMU scenarios as data: which shape, which self-test, what the log must show.
+//!
+//! Adding a scenario is one entry in [`SCENARIOS`]. The expected strings are provisional until they
+//! are aligned with the image; they all live in this file.
+//!
+//! Matching rule: every expected string must be a substring of the message of at least one decoded
+//! line (timestamp, level and location are not searched). Order does not matter, so the image may
+//! reorder its checks without touching this table; one substring per fact keeps the failure report
+//! precise ("missing line ...").
+
+use std::time::Duration;
+
+/// The per-scenario bound. A TCG boot-to-exit takes 0.06-0.15 s here (bringup.md, step 4) and an
+/// edu DMA waits 100 ms of virtual time (notes §3.1), so a whole self-test is a few seconds at
+/// worst even on a loaded 2-core CI machine; 60 s is a >10x margin that still fails a hung
+/// image within a minute instead of CI's 90-minute limit.
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// For the `hang` harness tests: long enough for the image to boot and log (well under a second),
+/// short enough not to dominate the suite.
+const HANG_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The image's last line on success is `all N checks passed`; every `Pass` scenario requires it on
+/// top of its own lines, so an image that exits 33 without finishing its checks still fails.
+pub(crate) const PASS_LINE: &str = "checks passed";
+
+/// The self-tests the image selects with `-append test=NAME` (for `--list` and `run` help; `run`
+/// passes any name through).
+pub(crate) const SELF_TESTS: &[(&str, &str)] = &[
+    ("discover", "report what was found and check it (default)"),
+    ("fail", "a check that deliberately fails"),
+    ("panic", "panics"),
+    ("exception", "a CPU exception (x86 ud2, arm udf)"),
+    ("hang", "never exits (tests the harness's timeout)"),
+];
+
+#[derive(Debug)]
+pub(crate) enum Expect {
+    /// Exit status exactly 33, [`PASS_LINE`] and every line found.
+    Pass { lines: &'static [&'static str] },
+    /// A test of the harness: the normal judge must call the run failed, with a reason containing
+    /// `reason` (e.g. "timeout", "exit status 35"), and the log must still contain `lines`. The
+    /// suite counts it as passed then.
+    HarnessMustFail { reason: &'static str, lines: &'static [&'static str] },
+}
+
+#[derive(Debug)]
+pub(crate) struct Scenario {
+    pub(crate) name: &'static str,
+    pub(crate) shape: &'static str,
+    /// Passed to the image as `-append test=<self_test>`.
+    pub(crate) self_test: &'static str,
+    pub(crate) expect: Expect,
+    pub(crate) timeout: Duration,
+}
+
+use Expect::{HarnessMustFail, Pass};
+
+#[rustfmt::skip]
+pub(crate) const SCENARIOS: &[Scenario] = &[
+    // ---- x86_64 (q35, PVH) ----
+    Scenario { name: "q35-ecam", shape: "q35", self_test: "discover", timeout: DEFAULT_TIMEOUT,
+        expect: Pass { lines: &[
+            "MCFG: segment 0 ECAM 0xb0000000 buses 0-255",
+            "0000:00:00.0 8086:29c0",
+        ] } },
+    Scenario { name: "q35-vtd-dmar", shape: "q35-vtd", self_test: "discover", timeout: DEFAULT_TIMEOUT,
+        expect: Pass { lines: &[
+            "DRHD 0: register base 0xfed90000",
+            "device scopes match the functions on bus 0",
+            "VT-d unit 0: VER 1.0",
+        ] } },
+    Scenario { name: "q35-vtd-scalable", shape: "q35-vtd-scalable", self_test: "discover", timeout: DEFAULT_TIMEOUT,
+        expect: Pass { lines: &[
+            "VT-d unit 0: VER 1.0",
+            // notes §1.2: the values QEMU 10.0.2 reports for this exact -device line.
+            "CAP 0x01d2008c222f0606",
+            "ECAP 0x0000890000f00f4a",
+            "scalable mode true",
+        ] } },
+    Scenario { name: "q35-rich", shape: "q35-rich", self_test: "discover", timeout: DEFAULT_TIMEOUT,
+        expect: Pass { lines: &[
+            "DRHD 0: register base 0xfed90000",
+            "device scopes match the functions on bus 0",
+            "0000:00:01.0 1234:11e8", // edu on the root bus (first free slot with -nodefaults)
+            "1b36:000c", // pcie-root-port
+            "1b36:0001", // pci-bridge
+        ] } },
+    Scenario { name: "q35-fail", shape: "q35", self_test: "fail", timeout: DEFAULT_TIMEOUT,
+        expect: HarnessMustFail { reason: "exit status 35", lines: &["deliberate failure"] } },
+    Scenario { name: "q35-panic", shape: "q35", self_test: "panic", timeout: DEFAULT_TIMEOUT,
+        expect: HarnessMustFail { reason: "exit status 35", lines: &["panicked"] } },
+    Scenario { name: "q35-exception", shape: "q35", self_test: "exception", timeout: DEFAULT_TIMEOUT,
+        expect: HarnessMustFail { reason: "exit status 35", lines: &["CPU exception"] } },
+    Scenario { name: "q35-hang", shape: "q35", self_test: "hang", timeout: HANG_TIMEOUT,
+        expect: HarnessMustFail { reason: "timeout", lines: &["hang"] } },
+
+    // ---- aarch64 (virt, DT) ----
+    Scenario { name: "virt-smmuv3-el1", shape: "virt-smmuv3", self_test: "discover", timeout: DEFAULT_TIMEOUT,
+        expect: Pass { lines: &[
+            "ECAM from DT: 0x4010000000",
+            "SMMUv3 from DT: 0x9050000",
+            "0000:00:00.0 1b36:0008",
+            "IDR0 0x0d44101b IDR1 0x02730010",
+            "stream table true; SIDSIZE 16",
+        ] } },
+    Scenario { name: "virt-smmuv3-el2", shape: "virt-smmuv3-el2", self_test: "discover", timeout: DEFAULT_TIMEOUT,
+        expect: Pass { lines: &[
+            "ECAM from DT: 0x4010000000",
+            "SMMUv3 from DT: 0x9050000",
+            "0000:00:00.0 1b36:0008",
+            "IDR0 0x0d44101b IDR1 0x02730010",
+            "running at EL2",
+        ] } },
+    Scenario { name: "virt-rich", shape: "virt-rich", self_test: "discover", timeout: DEFAULT_TIMEOUT,
+        expect: Pass { lines: &[
+            "SMMUv3 from DT: 0x9050000",
+            "1234:11e8", // edu on the root bus
+            "1b36:000c", // pcie-root-port
+            "1b36:0001", // pci-bridge
+            "running at EL2",
+        ] } },
+    Scenario { name: "virt-fail", shape: "virt-smmuv3", self_test: "fail", timeout: DEFAULT_TIMEOUT,
+        expect: HarnessMustFail { reason: "exit status 35", lines: &["deliberate failure"] } },
+    Scenario { name: "virt-panic", shape: "virt-smmuv3", self_test: "panic", timeout: DEFAULT_TIMEOUT,
+        expect: HarnessMustFail { reason: "exit status 35", lines: &["panicked"] } },
+    Scenario { name: "virt-exception", shape: "virt-smmuv3", self_test: "exception", timeout: DEFAULT_TIMEOUT,
+        expect: HarnessMustFail { reason: "exit status 35", lines: &["CPU exception"] } },
+    Scenario { name: "virt-hang", shape: "virt-smmuv3", self_test: "hang", timeout: HANG_TIMEOUT,
+        expect: HarnessMustFail { reason: "timeout", lines: &["hang"] } },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shapes;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_scenario_names_an_existing_shape() {
+        for s in SCENARIOS {
+            assert!(shapes::find(s.shape).is_some(), "{} names unknown shape {}", s.name, s.shape);
+        }
+    }
+
+    #[test]
+    fn names_unique_and_self_tests_known() {
+        let mut seen = HashSet::new();
+        for s in SCENARIOS {
+            assert!(seen.insert(s.name), "duplicate scenario {}", s.name);
+            assert!(SELF_TESTS.iter().any(|(t, _)| *t == s.self_test), "{}", s.name);
+            assert!(s.timeout > Duration::ZERO && s.timeout <= DEFAULT_TIMEOUT, "{}", s.name);
+        }
+    }
+
+    #[test]
+    fn both_arches_have_every_harness_test() {
+        for arch in shapes::Arch::ALL {
+            for test in ["fail", "panic", "exception", "hang"] {
+                let n = SCENARIOS
+                    .iter()
+                    .filter(|s| shapes::find(s.shape).unwrap().arch == arch && s.self_test == test)
+                    .filter(|s| matches!(s.expect, HarnessMustFail { .. }))
+                    .count();
+                assert_eq!(n, 1, "{arch} {test}");
+            }
+        }
+    }
+
+    #[test]
+    fn hang_tests_expect_a_short_timeout() {
+        for s in SCENARIOS.iter().filter(|s| s.self_test == "hang") {
+            assert!(matches!(s.expect, HarnessMustFail { reason: "timeout", .. }), "{}", s.name);
+            assert!(s.timeout < DEFAULT_TIMEOUT, "{}", s.name);
+        }
+    }
+
+    #[test]
+    fn passing_scenarios_run_discover_and_expect_something() {
+        for s in SCENARIOS {
+            if let Pass { lines } = s.expect {
+                assert_eq!(s.self_test, "discover", "{}", s.name);
+                assert!(!lines.is_empty(), "{}", s.name);
+            }
+        }
+    }
+}
