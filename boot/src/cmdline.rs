@@ -1,5 +1,13 @@
 //! The image's command line: space-separated `key=value` words; `test=NAME` picks the self-test.
 
+/// Word the harness adds when it can answer host checks (QEMU runs with a QMP socket).
+pub const HOST_CHECK_QMP: &str = "host-check=qmp";
+
+/// Whether the harness offers host checks on this run.
+pub fn host_check_offered(cmdline: &str) -> bool {
+    cmdline.split_ascii_whitespace().any(|w| w == HOST_CHECK_QMP)
+}
+
 /// The self-tests one image offers.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum SelfTest {
@@ -24,6 +32,9 @@ impl SelfTest {
     pub fn from_cmdline(cmdline: &'static str) -> Self {
         let mut test = SelfTest::Discover;
         for word in cmdline.split_ascii_whitespace() {
+            if word == HOST_CHECK_QMP {
+                continue;
+            }
             if let Some(name) = word.strip_prefix("test=") {
                 test = match name {
                     "discover" => SelfTest::Discover,

@@ -5,6 +5,7 @@ mod host;
 mod image;
 mod judge;
 mod log;
+mod qmp;
 mod runner;
 mod scenarios;
 mod shapes;
@@ -106,7 +107,8 @@ fn cmd_run(opts: &RunOpts) -> ExitCode {
         }
     };
     let shape = shapes::find(opts.machine).expect("cli validated the machine");
-    let argv = shape.command_line(&fw.elf, &opts.self_test, &opts.qemu_args);
+    let socket = HostCheck::socket_path();
+    let argv = shape.command_line(&fw.elf, &opts.self_test, Some(&socket), &opts.qemu_args);
     eprintln!("xtask: {} ({}), test={}", shape.name, shape.description, opts.self_test);
     eprintln!("xtask: {}", shell_line(&argv));
 
@@ -117,7 +119,19 @@ fn cmd_run(opts: &RunOpts) -> ExitCode {
         let _ = stdout.flush();
     };
     let mut on_stderr = |l: &str| eprintln!("qemu: {l}");
-    let live = runner::Live { on_line: Some(&mut on_line), on_stderr: Some(&mut on_stderr) };
+    let mut host = HostCheck::new(socket);
+    let mut on_request = |l: &LogLine, all: &[LogLine]| {
+        let answer = host.answer(l, all);
+        if let Some(report) = host.reports.last().filter(|_| answer.is_some()) {
+            eprintln!("xtask: {report}");
+        }
+        answer
+    };
+    let live = runner::Live {
+        on_line: Some(&mut on_line),
+        on_stderr: Some(&mut on_stderr),
+        on_request: Some(&mut on_request),
+    };
     let outcome = runner::run(&argv, &StreamFormat::Defmt(&fw), opts.timeout, live);
 
     let what = format!("{} test={}", shape.name, opts.self_test);
@@ -233,11 +247,15 @@ fn cmd_test(opts: &TestOpts) -> ExitCode {
 /// Runs one scenario and prints its report; true when it met its expectation.
 fn run_scenario(fw: &Firmware, s: &Scenario) -> bool {
     let shape = shapes::find(s.shape).expect("scenarios name existing shapes");
-    let argv = shape.command_line(&fw.elf, s.self_test, &[]);
+    let socket = HostCheck::socket_path();
+    let argv = shape.command_line(&fw.elf, s.self_test, Some(&socket), &[]);
     print!("test qemu::{} ... ", s.name);
     let _ = std::io::stdout().flush();
-    let outcome =
-        runner::run(&argv, &StreamFormat::Defmt(fw), Some(s.timeout), runner::Live::default());
+    let mut host = HostCheck::new(socket);
+    let mut on_request = |l: &LogLine, all: &[LogLine]| host.answer(l, all);
+    let live = runner::Live { on_request: Some(&mut on_request), ..Default::default() };
+    let outcome = runner::run(&argv, &StreamFormat::Defmt(fw), Some(s.timeout), live);
+    let host_reports = std::mem::take(&mut host.reports);
     let result = judge::evaluate(&s.expect, &outcome);
     let time = seconds(outcome.elapsed);
     if result.ok {
@@ -251,7 +269,54 @@ fn run_scenario(fw: &Firmware, s: &Scenario) -> bool {
         println!("FAILED ({time})");
         print_failure(&result.detail, &argv, s, &outcome);
     }
+    for report in &host_reports {
+        println!("    {report}");
+    }
     result.ok
+}
+
+/// Answers the image's `host-check request` lines (see `qmp.rs`), keeping a report of each.
+struct HostCheck {
+    socket: std::path::PathBuf,
+    reports: Vec<String>,
+}
+
+impl HostCheck {
+    /// A fresh socket path per QEMU run, in the system's temporary directory.
+    fn socket_path() -> std::path::PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        std::env::temp_dir().join(format!("pcie-iommu-qmp-{}-{n}.sock", std::process::id()))
+    }
+
+    fn new(socket: std::path::PathBuf) -> Self {
+        Self { socket, reports: Vec::new() }
+    }
+
+    fn answer(&mut self, line: &LogLine, all: &[LogLine]) -> Option<Vec<u8>> {
+        if !line.message.starts_with(qmp::REQUEST) {
+            return None;
+        }
+        let image: Vec<_> = all.iter().filter_map(|l| qmp::parse_entry(&l.message)).collect();
+        // TIMEOUT: QEMU answers query-pci from its main loop in milliseconds; 10 s covers a
+        // loaded CI machine and still ends well inside the scenario's own bound.
+        let verdict = qmp::query_pci(&self.socket, std::time::Duration::from_secs(10))
+            .map_err(|e| vec![e])
+            .and_then(|qemu| qmp::compare(&image, &qemu));
+        let (byte, report) = match verdict {
+            Ok(summary) => (b'y', format!("host check: {summary}")),
+            Err(problems) => (b'n', format!("host check FAILED: {}", problems.join("; "))),
+        };
+        self.reports.push(report);
+        Some(vec![byte])
+    }
+}
+
+impl Drop for HostCheck {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+    }
 }
 
 fn print_failure(reason: &str, argv: &[OsString], s: &Scenario, o: &Outcome) {

@@ -45,11 +45,14 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Callbacks for live output (`cargo xtask run`); the test runner leaves them empty.
+/// Callbacks for live output (`cargo xtask run`) and for answering the image.
 #[derive(Default)]
 pub(crate) struct Live<'a> {
     pub(crate) on_line: Option<&'a mut dyn FnMut(&LogLine)>,
     pub(crate) on_stderr: Option<&'a mut dyn FnMut(&str)>,
+    /// Called with each new line and all lines so far; bytes it returns are written to the
+    /// image's UART (QEMU's stdin), e.g. the answer to a `host-check request`.
+    pub(crate) on_request: Option<&'a mut dyn FnMut(&LogLine, &[LogLine]) -> Option<Vec<u8>>>,
 }
 
 enum Event {
@@ -74,9 +77,9 @@ pub(crate) fn run(
 ) -> Outcome {
     let start = Instant::now();
     let mut cmd = Command::new(&argv[0]);
-    // stdin is null: with `-serial stdio` QEMU would otherwise put an interactive terminal into raw
-    // mode and read keystrokes; CI has no stdin at all.
-    cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // stdin is a pipe we own (never the terminal: with `-serial stdio` QEMU would put an
+    // interactive terminal into raw mode); it carries the harness's answers to the image.
+    cmd.args(&argv[1..]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     die_with_parent(&mut cmd);
     let child = match cmd.spawn() {
         Ok(c) => c,
@@ -90,13 +93,14 @@ pub(crate) fn run(
             };
         }
     };
-    let Live { mut on_line, mut on_stderr } = live;
+    let Live { mut on_line, mut on_stderr, mut on_request } = live;
     thread::scope(|scope| {
         // Created inside the scope: on any unwind it is dropped (QEMU killed, pipes closed) before
         // the scope joins the reader threads, so the join cannot block on a live QEMU.
         let mut guard = ChildGuard::new(child);
         let stdout = guard.child.stdout.take().expect("piped stdout");
         let stderr = guard.child.stderr.take().expect("piped stderr");
+        let mut stdin = guard.child.stdin.take();
         let (tx, rx) = mpsc::channel();
         let tx_err = tx.clone();
         scope.spawn(move || {
@@ -154,6 +158,12 @@ pub(crate) fn run(
                 Ok(Event::Stream(StreamEvent::Line(line))) => {
                     if let Some(f) = on_line.as_mut() {
                         f(&line);
+                    }
+                    let answer = on_request.as_mut().and_then(|f| f(&line, &out.lines));
+                    if let (Some(bytes), Some(pipe)) = (answer, stdin.as_mut()) {
+                        use std::io::Write;
+                        // A closed pipe means QEMU is gone; its exit status tells the rest.
+                        let _ = pipe.write_all(&bytes).and_then(|()| pipe.flush());
                     }
                     out.lines.push(line);
                 }
@@ -261,11 +271,33 @@ mod tests {
         let (mut lines, mut errs) = (Vec::new(), Vec::new());
         let mut on_line = |l: &LogLine| lines.push(l.message.clone());
         let mut on_stderr = |s: &str| errs.push(s.to_string());
-        let live = Live { on_line: Some(&mut on_line), on_stderr: Some(&mut on_stderr) };
+        let live = Live {
+            on_line: Some(&mut on_line),
+            on_stderr: Some(&mut on_stderr),
+            ..Default::default()
+        };
         let o = run(&sh("echo a; echo e >&2; echo b; exit 35"), &StreamFormat::Text, None, live);
         assert_eq!(o.exit, Exit::Code(35));
         assert_eq!(lines, ["a", "b"]);
         assert_eq!(errs, ["e"]);
+    }
+
+    #[test]
+    fn answers_reach_the_child_on_stdin() {
+        // The child asks, reads one byte and reports it: the path of the host-check answer.
+        let mut asked = 0;
+        let mut on_request = |l: &LogLine, all: &[LogLine]| {
+            (l.message == "question?").then(|| {
+                asked = all.len() + 1;
+                b"y".to_vec()
+            })
+        };
+        let live = Live { on_request: Some(&mut on_request), ..Default::default() };
+        let script = "echo first; echo 'question?'; a=$(head -c 1); echo \"got $a\"; exit 33";
+        let o = run(&sh(script), &StreamFormat::Text, Some(Duration::from_secs(10)), live);
+        assert_eq!(o.exit, Exit::Code(33));
+        assert_eq!(messages(&o), ["first", "question?", "got y"]);
+        assert_eq!(asked, 2);
     }
 
     #[test]

@@ -139,6 +139,8 @@ pub(crate) fn find(name: &str) -> Option<&'static Shape> {
 
 impl Shape {
     /// The full QEMU command line (program first) that boots `kernel` with `test=<self_test>`.
+    /// With `qmp`, QEMU also serves QMP on that Unix socket and the image is told so
+    /// (`host-check=qmp`), for the enumeration check in `qmp.rs`.
     ///
     /// Always TCG: under nested KVM here a boot is ~13x slower and guest SSE fails (bringup.md
     /// pitfall 11), and TCG behaves the same on every machine. `extra` goes last so it can add or
@@ -147,6 +149,7 @@ impl Shape {
         &self,
         kernel: &Path,
         self_test: &str,
+        qmp: Option<&Path>,
         extra: &[String],
     ) -> Vec<OsString> {
         let mut v: Vec<OsString> = vec![self.arch.qemu().into(), "-M".into(), self.machine.into()];
@@ -155,8 +158,14 @@ impl Shape {
         v.extend(self.args.iter().flat_map(|g| g.iter()).map(OsString::from));
         v.push("-kernel".into());
         v.push(kernel.into());
+        let mut append = format!("test={self_test}");
+        if let Some(socket) = qmp {
+            v.push("-qmp".into());
+            v.push(format!("unix:{},server=on,wait=off", socket.display()).into());
+            append.push_str(" host-check=qmp");
+        }
         v.push("-append".into());
-        v.push(format!("test={self_test}").into());
+        v.push(append.into());
         v.extend(extra.iter().map(OsString::from));
         v
     }
@@ -170,7 +179,7 @@ mod tests {
     fn line(shape: &str, extra: &[String]) -> Vec<String> {
         find(shape)
             .unwrap()
-            .command_line(Path::new("/fw.elf"), "discover", extra)
+            .command_line(Path::new("/fw.elf"), "discover", None, extra)
             .into_iter()
             .map(|s| s.into_string().unwrap())
             .collect()

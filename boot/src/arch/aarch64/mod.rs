@@ -244,3 +244,18 @@ extern "C" fn aarch64_exception(vector: u64) -> ! {
     );
     exit(ExitCode::Fail)
 }
+
+/// One byte from the PL011 if one has arrived (FR.RXFE clear), without waiting.
+pub fn uart_try_read() -> Option<u8> {
+    const FR_RXFE: u32 = 1 << 4;
+    // SAFETY: reading FR has no side effect; reading DR when the FIFO is not empty consumes
+    // that byte.
+    unsafe {
+        if ((PL011_BASE + UARTFR) as *const u32).read_volatile() & FR_RXFE == 0 {
+            // CAST: the data byte is DR[7:0]; the error flags above it are not needed here.
+            Some(((PL011_BASE + UARTDR) as *const u32).read_volatile() as u8)
+        } else {
+            None
+        }
+    }
+}

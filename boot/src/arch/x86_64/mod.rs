@@ -321,3 +321,15 @@ pub fn legacy_config_read32(bus: u8, dev: u8, func: u8, offset: u8) -> u32 {
         Port::<u32>::new(0xcfc).read()
     }
 }
+
+/// One byte from COM1 if one has arrived (LSR.DR), without waiting.
+pub fn uart_try_read() -> Option<u8> {
+    // SAFETY: reading LSR has no side effect; reading RBR when DR is set consumes that byte.
+    unsafe {
+        if Port::<u8>::new(COM1 + 5).read() & 0x01 != 0 {
+            Some(Port::<u8>::new(COM1).read())
+        } else {
+            None
+        }
+    }
+}
