@@ -2,6 +2,10 @@
 //!
 //! [`regs`] decodes and validates the capability registers before anything is sized from them.
 
+pub mod fault;
 pub mod regs;
+pub mod unit;
 
+pub use fault::{FaultRecord, FaultStatus};
 pub use regs::{Capability, ExtendedCapability, Version};
+pub use unit::{TableMode, Unit};
