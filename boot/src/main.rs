@@ -13,6 +13,7 @@ mod boot_info;
 mod checks;
 mod cmdline;
 mod discover;
+mod edu;
 mod host_check;
 mod logger;
 mod platform;

@@ -209,10 +209,10 @@ impl<const N: usize> Topology<N> {
 
     /// Appends a function; its parent, if any, must already be present (depth-first order).
     pub fn push(&mut self, function: Function) -> Result<FunctionIndex> {
-        if let Some(parent) = function.parent {
-            if usize::from(parent.0) >= self.functions.len() {
-                return Err(Error::BadReference { what: "topology parent index", value: u64::from(parent.0) });
-            }
+        if let Some(parent) = function.parent
+            && usize::from(parent.0) >= self.functions.len()
+        {
+            return Err(Error::BadReference { what: "topology parent index", value: u64::from(parent.0) });
         }
         let index = u16::try_from(self.functions.len())
             .map_err(|_| Error::CapacityExceeded { what: "topology functions", capacity: N })?;
