@@ -6,3 +6,7 @@
 //! against an independent encoding (the specification's tables, Linux's definitions).
 
 extern crate std;
+
+pub mod pci;
+
+pub use pci::Topology;
