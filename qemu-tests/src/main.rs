@@ -279,6 +279,8 @@ fn run_scenario(fw: &Firmware, s: &Scenario) -> bool {
 struct HostCheck {
     socket: std::path::PathBuf,
     reports: Vec<String>,
+    /// Lines before this index were compared by an earlier request.
+    compared_up_to: usize,
 }
 
 impl HostCheck {
@@ -291,14 +293,18 @@ impl HostCheck {
     }
 
     fn new(socket: std::path::PathBuf) -> Self {
-        Self { socket, reports: Vec::new() }
+        Self { socket, reports: Vec::new(), compared_up_to: 0 }
     }
 
     fn answer(&mut self, line: &LogLine, all: &[LogLine]) -> Option<Vec<u8>> {
         if !line.message.starts_with(qmp::REQUEST) {
             return None;
         }
-        let image: Vec<_> = all.iter().filter_map(|l| qmp::parse_entry(&l.message)).collect();
+        // Each request covers the entries logged since the previous one, so the image can ask
+        // again after changing the topology (enabling VFs, say).
+        let since = all.get(self.compared_up_to..).unwrap_or_default();
+        let image: Vec<_> = since.iter().filter_map(|l| qmp::parse_entry(&l.message)).collect();
+        self.compared_up_to = all.len();
         // TIMEOUT: QEMU answers query-pci from its main loop in milliseconds; 10 s covers a
         // loaded CI machine and still ends well inside the scenario's own bound.
         let verdict = qmp::query_pci(&self.socket, std::time::Duration::from_secs(10))

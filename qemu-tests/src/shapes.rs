@@ -95,11 +95,13 @@ pub(crate) struct Shape {
 const VTD_SCALABLE: &str = "intel-iommu,x-scalable-mode=on,x-pasid-mode=on,x-flts=on,aw-bits=48";
 
 /// Every topology case the enumerator must handle: a DMA master on the root bus (full 64-bit DMA
-/// mask, notes §3.1), SR-IOV PFs behind root ports (igb: 8 VFs, offset 0x80, stride 2; nvme: offset
-/// 1, stride 1; notes §3.3), and requester-ID aliasing behind a PCIe-to-PCI bridge and behind a
-/// conventional PCI bridge (notes §3.6). igb without a netdev makes QEMU warn "nic igb.0 has no
-/// peer" on stderr; harmless, and any netdev would be network plumbing the tests do not need.
-/// QEMU 10.0.2 accepts all of it on virt too.
+/// mask, notes §3.1) and one directly on a root port, SR-IOV PFs behind root ports (igb: 8 VFs,
+/// offset 0x80, stride 2; nvme: offset 1, stride 1; notes §3.3), a PCIe switch (x3130 upstream
+/// port with two xio3130 downstream ports, a DMA master below one), and requester-ID aliasing
+/// behind a PCIe-to-PCI bridge (two edu sharing one alias) and behind a conventional PCI bridge
+/// (notes §3.6). Chassis/slot pairs are unique, as QEMU requires. igb without a netdev makes
+/// QEMU warn "nic igb.0 has no peer" on stderr; harmless, and any netdev would be network
+/// plumbing the tests do not need. QEMU 10.0.2 accepts all of it on virt too.
 #[rustfmt::skip]
 const RICH_TOPOLOGY: &[&str] = &[
     "-device", "edu,dma_mask=0xffffffffffffffff",
@@ -110,9 +112,17 @@ const RICH_TOPOLOGY: &[&str] = &[
     "-device", "nvme,serial=deadbeef,subsys=subsys0,bus=rp2,sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2",
     "-device", "pcie-root-port,id=rp3,chassis=3,slot=3",
     "-device", "pcie-pci-bridge,bus=rp3,id=pb1",
-    "-device", "edu,bus=pb1,addr=3",
+    "-device", "edu,bus=pb1,addr=3,dma_mask=0xffffffffffffffff",
+    "-device", "edu,bus=pb1,addr=4,dma_mask=0xffffffffffffffff",
     "-device", "pci-bridge,id=b2,chassis_nr=5",
-    "-device", "edu,bus=b2,addr=4",
+    "-device", "edu,bus=b2,addr=4,dma_mask=0xffffffffffffffff",
+    "-device", "pcie-root-port,id=rp4,chassis=4,slot=4",
+    "-device", "x3130-upstream,id=up1,bus=rp4",
+    "-device", "xio3130-downstream,id=dn1,bus=up1,chassis=11,slot=0",
+    "-device", "xio3130-downstream,id=dn2,bus=up1,chassis=12,slot=1",
+    "-device", "edu,bus=dn1,dma_mask=0xffffffffffffffff",
+    "-device", "pcie-root-port,id=rp6,chassis=6,slot=6",
+    "-device", "edu,bus=rp6,dma_mask=0xffffffffffffffff",
 ];
 
 #[rustfmt::skip]
@@ -258,7 +268,9 @@ mod tests {
             assert!(has_pair(v, "-device", "edu,dma_mask=0xffffffffffffffff"));
             assert!(has_pair(v, "-device", "igb,bus=rp1"));
             assert!(has_pair(v, "-device", "pcie-pci-bridge,bus=rp3,id=pb1"));
-            assert!(has_pair(v, "-device", "edu,bus=b2,addr=4"));
+            assert!(has_pair(v, "-device", "edu,bus=b2,addr=4,dma_mask=0xffffffffffffffff"));
+            assert!(has_pair(v, "-device", "x3130-upstream,id=up1,bus=rp4"));
+            assert!(has_pair(v, "-device", "edu,bus=rp6,dma_mask=0xffffffffffffffff"));
             assert!(v.iter().any(|a| a.starts_with("nvme,") && a.contains("sriov_max_vfs=2")));
         }
     }
