@@ -166,6 +166,191 @@ pub enum Error {
         /// The value read.
         value: u64,
     },
+
+    // ---- PCI capabilities ----------------------------------------------------------------
+    /// A capability list visits the same offset twice (PCIe Base 6.0 §7.5.1.1.11, §7.6.3).
+    CapabilityLoop {
+        /// The function.
+        bdf: crate::addr::Bdf,
+        /// The offset reached a second time.
+        offset: u16,
+    },
+    /// A capability pointer points outside its list's range (legacy 0x40..=0xfc, extended
+    /// 0x100..=0xffc).
+    CapabilityPointer {
+        /// The function.
+        bdf: crate::addr::Bdf,
+        /// Where the pointer was read (0x34 for the head of the legacy list).
+        offset: u16,
+        /// The pointer, with its reserved low two bits masked.
+        pointer: u16,
+    },
+    /// A capability list is longer than its space allows.
+    CapabilityChainTooLong {
+        /// The function.
+        bdf: crate::addr::Bdf,
+        /// The step bound that was reached.
+        limit: u16,
+    },
+    /// A capability header reads all-ones while the function still answers (a device that
+    /// returns garbage for part of its configuration space).
+    CapabilityHeader {
+        /// The function.
+        bdf: crate::addr::Bdf,
+        /// Offset of the header.
+        offset: u16,
+        /// The header read.
+        header: u32,
+    },
+    /// A function stopped answering configuration reads (its vendor ID reads all-ones): it was
+    /// removed, reset or failed in the middle of an operation.
+    FunctionVanished {
+        /// The function.
+        bdf: crate::addr::Bdf,
+    },
+    /// A capability register did not take a value written to it.
+    SettingNotTaken {
+        /// The function.
+        bdf: crate::addr::Bdf,
+        /// The register (and field).
+        what: &'static str,
+        /// The value written.
+        wrote: u32,
+        /// The value read back.
+        read: u32,
+    },
+    /// A capability feature was asked for that the function does not offer.
+    FeatureUnsupported {
+        /// The function.
+        bdf: crate::addr::Bdf,
+        /// The register or feature.
+        what: &'static str,
+        /// The bits asked for.
+        requested: u32,
+        /// The bits the capability offers.
+        supported: u32,
+    },
+    /// An operation that needs a capability disabled (or another one off) found it enabled.
+    NotWhileEnabled {
+        /// The function.
+        bdf: crate::addr::Bdf,
+        /// The enable bit that is set (for example `"PRI Control.Enable"`).
+        what: &'static str,
+    },
+    /// A PRI Outstanding Page Request Allocation larger than the function's capacity
+    /// (PCIe Base 6.0 §10.5.2.5).
+    PriAllocationExceedsCapacity {
+        /// The function.
+        bdf: crate::addr::Bdf,
+        /// The allocation asked for.
+        allocation: u32,
+        /// Outstanding Page Request Capacity.
+        capacity: u32,
+    },
+    /// PRI cannot be enabled: Stopped is clear, so page requests from an earlier enable are
+    /// still outstanding (PCIe Base 6.0 §10.5.2.3).
+    PriNotStopped {
+        /// The function.
+        bdf: crate::addr::Bdf,
+        /// The PRI Status register read.
+        status: u16,
+    },
+    /// A VF's ATS Smallest Translation Unit must equal its PF's, which applies to all its VFs
+    /// (PCIe Base 6.0 §10.5.1.3); or a PF's STU change while VFs use ATS.
+    AtsStuMismatch {
+        /// The function refused (the VF, or the PF whose STU would change).
+        bdf: crate::addr::Bdf,
+        /// The STU the PF has programmed.
+        programmed: u8,
+        /// The STU asked for.
+        requested: u8,
+    },
+
+    // ---- Enumeration and SR-IOV -------------------------------------------------------------
+    /// Bus numbering needs a bus number past the last one the host bridge decodes.
+    BusNumbersExhausted {
+        /// The bridge that needed a secondary bus.
+        bridge: crate::addr::Bdf,
+        /// The last bus the host decodes.
+        last: u8,
+    },
+    /// NumVFs out of range: 0, above TotalVFs, or TotalVFs is 0 (PCIe Base 6.0 §9.3.3.7).
+    SriovNumVfs {
+        /// The PF.
+        pf: crate::addr::Bdf,
+        /// The number of VFs asked for.
+        requested: u16,
+        /// TotalVFs.
+        total: u16,
+    },
+    /// First VF Offset and VF Stride cannot place the VFs: an offset of 0 (the PF's own routing
+    /// ID) or a stride of 0 with more than one VF (every VF at one routing ID), §9.3.3.9-10.
+    SriovVfRouting {
+        /// The PF.
+        pf: crate::addr::Bdf,
+        /// First VF Offset.
+        offset: u16,
+        /// VF Stride.
+        stride: u16,
+        /// NumVFs they were read for.
+        num_vfs: u16,
+    },
+    /// VFs would land on a bus past `limit`: 255, or the subordinate bus of the bridge above
+    /// the PF, which would not forward their configuration requests.
+    SriovVfBus {
+        /// The PF.
+        pf: crate::addr::Bdf,
+        /// Bus of the last VF (may exceed 255).
+        bus: u32,
+        /// Highest bus the VFs may use.
+        limit: u8,
+    },
+    /// A VF's routing ID is already another function's.
+    SriovVfCollision {
+        /// The PF.
+        pf: crate::addr::Bdf,
+        /// The routing ID both would answer at.
+        vf: crate::addr::Bdf,
+    },
+    /// The PF is locked: VFs of it are assigned, so its SR-IOV configuration (VF Enable,
+    /// NumVFs) must not change under them.
+    SriovLocked {
+        /// The PF.
+        pf: crate::addr::Bdf,
+        /// VFs assigned.
+        assigned: u16,
+    },
+    /// A lock beyond the number of enabled VFs, or an unlock without a lock.
+    SriovLockCount {
+        /// The PF.
+        pf: crate::addr::Bdf,
+        /// VFs assigned.
+        assigned: u16,
+        /// VFs enabled.
+        enabled: u16,
+    },
+    /// A VF BAR has no aperture placed (enumeration did not assign it), so enabling VF MSE
+    /// would decode VF BARs at address 0.
+    SriovVfBarUnplaced {
+        /// The PF.
+        pf: crate::addr::Bdf,
+        /// The VF BAR index.
+        index: u8,
+    },
+
+    // ---- Isolation groups -----------------------------------------------------------------
+    /// An attach that would put two members of one isolation group (or one function) in
+    /// different domains, which the IOMMU cannot keep apart.
+    GroupSplit {
+        /// The function being attached.
+        function: crate::addr::Bdf,
+        /// The domain asked for.
+        domain: u32,
+        /// A member of its group (possibly the function itself) already attached elsewhere.
+        member: crate::addr::Bdf,
+        /// The domain that member is attached to.
+        member_domain: u32,
+    },
 }
 
 impl fmt::Display for Error {
@@ -216,6 +401,70 @@ impl fmt::Display for Error {
             }
             Error::Timeout { what, waited_us } => write!(f, "{what}: no answer in {waited_us} us"),
             Error::Hardware { what, value } => write!(f, "{what}: unusable value {value:#x}"),
+            Error::CapabilityLoop { bdf, offset } => {
+                write!(f, "{bdf}: capability list loops back to {offset:#x}")
+            }
+            Error::CapabilityPointer { bdf, offset, pointer } => {
+                write!(
+                    f,
+                    "{bdf}: capability pointer at {offset:#x} points to {pointer:#x}, outside the list"
+                )
+            }
+            Error::CapabilityChainTooLong { bdf, limit } => {
+                write!(f, "{bdf}: capability list longer than {limit} entries")
+            }
+            Error::CapabilityHeader { bdf, offset, header } => {
+                write!(f, "{bdf}: capability header at {offset:#x} reads {header:#010x}")
+            }
+            Error::FunctionVanished { bdf } => write!(f, "{bdf}: function no longer answers"),
+            Error::SettingNotTaken { bdf, what, wrote, read } => {
+                write!(f, "{bdf}: {what}: wrote {wrote:#x}, read back {read:#x}")
+            }
+            Error::FeatureUnsupported { bdf, what, requested, supported } => {
+                write!(f, "{bdf}: {what}: asked for {requested:#x}, offers {supported:#x}")
+            }
+            Error::NotWhileEnabled { bdf, what } => {
+                write!(f, "{bdf}: not allowed while {what} is set")
+            }
+            Error::PriAllocationExceedsCapacity { bdf, allocation, capacity } => {
+                write!(f, "{bdf}: PRI allocation {allocation} exceeds capacity {capacity}")
+            }
+            Error::PriNotStopped { bdf, status } => {
+                write!(f, "{bdf}: PRI not stopped (status {status:#06x}), requests outstanding")
+            }
+            Error::AtsStuMismatch { bdf, programmed, requested } => {
+                write!(f, "{bdf}: ATS STU {requested} asked, PF has {programmed}")
+            }
+            Error::BusNumbersExhausted { bridge, last } => {
+                write!(f, "{bridge}: no bus number left for its secondary bus (last bus {last:#04x})")
+            }
+            Error::SriovNumVfs { pf, requested, total } => {
+                write!(f, "{pf}: SR-IOV: {requested} VFs asked, TotalVFs is {total}")
+            }
+            Error::SriovVfRouting { pf, offset, stride, num_vfs } => write!(
+                f,
+                "{pf}: SR-IOV: First VF Offset {offset:#x}, VF Stride {stride:#x} cannot place {num_vfs} VFs"
+            ),
+            Error::SriovVfBus { pf, bus, limit } => {
+                write!(f, "{pf}: SR-IOV: VFs would reach bus {bus:#x}, past {limit:#04x}")
+            }
+            Error::SriovVfCollision { pf, vf } => {
+                write!(f, "{pf}: SR-IOV: a VF would answer at {vf}, which another function has")
+            }
+            Error::SriovLocked { pf, assigned } => {
+                write!(f, "{pf}: SR-IOV configuration locked, {assigned} VFs assigned")
+            }
+            Error::SriovLockCount { pf, assigned, enabled } => {
+                write!(f, "{pf}: SR-IOV lock count {assigned} out of range for {enabled} enabled VFs")
+            }
+            Error::SriovVfBarUnplaced { pf, index } => {
+                write!(f, "{pf}: SR-IOV VF BAR {index} has no aperture assigned")
+            }
+            Error::GroupSplit { function, domain, member, member_domain } => write!(
+                f,
+                "{function}: attaching to domain {domain} would split its isolation group: \
+                 {member} is in domain {member_domain}"
+            ),
         }
     }
 }

@@ -97,7 +97,7 @@ pub struct Capabilities {
     pub pasid: u16,
 }
 
-/// ACS capability and control bits (PCIe Base 6.0 §7.7.8); both halves use the same bit
+/// ACS capability and control bits (PCIe Base 6.0 §7.7.11); both halves use the same bit
 /// positions for SV, TB, RR, CR, UF, EC, DT.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -264,5 +264,59 @@ impl<const N: usize> Topology<N> {
     /// Whether the snapshot is empty.
     pub fn is_empty(&self) -> bool {
         self.functions.is_empty()
+    }
+
+    /// Keeps the first `len` functions (enumeration drops a hierarchy it numbers again).
+    /// References from the kept ones point only backwards, so they stay valid.
+    pub fn truncate(&mut self, len: usize) {
+        self.functions.truncate(len);
+    }
+
+    /// Removes every function `remove` selects (SR-IOV disable removes a PF's VFs), keeping the
+    /// order of the rest and renumbering their `parent` and `physical_function` references.
+    /// Returns how many were removed. If a kept function refers to a removed one, nothing is
+    /// removed and the answer is [`Error::BadReference`]. Indices held outside the snapshot go
+    /// stale for the functions that move down.
+    pub fn remove_if(&mut self, mut remove: impl FnMut(&Function) -> bool) -> Result<usize> {
+        let mut gone: Vec<bool, N> = Vec::new();
+        for f in &self.functions {
+            // Same length as `functions`, so it cannot be full.
+            let _ = gone.push(remove(f));
+        }
+        let is_gone = |i: FunctionIndex| gone.get(usize::from(i.0)).copied().unwrap_or(false);
+        for (f, _) in self.functions.iter().zip(gone.iter()).filter(|(_, g)| !**g) {
+            let refs = [f.parent, f.physical_function];
+            if let Some(r) = refs.into_iter().flatten().find(|&r| is_gone(r)) {
+                return Err(Error::BadReference {
+                    what: "topology reference to a removed function",
+                    value: u64::from(r.0),
+                });
+            }
+        }
+        // New index of old index i: i minus the removed ones before it.
+        let mut new_index: Vec<u16, N> = Vec::new();
+        let mut removed = 0u16;
+        for (i, &g) in gone.iter().enumerate() {
+            // Indices fit u16: `push` refuses a function past u16::MAX. Same length as `gone`.
+            let _ = new_index.push(u16::try_from(i).unwrap_or(u16::MAX).saturating_sub(removed));
+            removed = removed.saturating_add(u16::from(g));
+        }
+        let renumber = |r: Option<FunctionIndex>| {
+            r.map(|r| FunctionIndex(new_index.get(usize::from(r.0)).copied().unwrap_or(r.0)))
+        };
+        let mut kept = 0;
+        for i in 0..self.functions.len() {
+            if gone.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            let mut f = self.functions[i];
+            f.parent = renumber(f.parent);
+            f.physical_function = renumber(f.physical_function);
+            self.functions[kept] = f;
+            kept += 1;
+        }
+        let count = self.functions.len() - kept;
+        self.functions.truncate(kept);
+        Ok(count)
     }
 }
