@@ -13,6 +13,9 @@ pub fn host_check_offered(cmdline: &str) -> bool {
 pub enum SelfTest {
     /// Report what the firmware tables and hardware describe, and check it is consistent.
     Discover,
+    /// `discover`, then the active PCIe checks: unmanaged SR-IOV enable/disable, the group
+    /// attach guard, and (x86 with VT-d) requester-ID aliases against VT-d fault records.
+    Pcie,
     /// A check that fails on purpose (tests the harness).
     Fail,
     /// A panic (tests the harness).
@@ -26,7 +29,7 @@ pub enum SelfTest {
 }
 
 impl SelfTest {
-    pub const KNOWN: &'static str = "discover, fail, panic, exception, hang";
+    pub const KNOWN: &'static str = "discover, pcie, fail, panic, exception, hang";
 
     /// The self-test named by the last `test=` word, `discover` when there is none.
     pub fn from_cmdline(cmdline: &'static str) -> Self {
@@ -38,6 +41,7 @@ impl SelfTest {
             if let Some(name) = word.strip_prefix("test=") {
                 test = match name {
                     "discover" => SelfTest::Discover,
+                    "pcie" => SelfTest::Pcie,
                     "fail" => SelfTest::Fail,
                     "panic" => SelfTest::Panic,
                     "exception" => SelfTest::Exception,
@@ -54,6 +58,7 @@ impl SelfTest {
     pub fn name(self) -> &'static str {
         match self {
             SelfTest::Discover => "discover",
+            SelfTest::Pcie => "pcie",
             SelfTest::Fail => "fail",
             SelfTest::Panic => "panic",
             SelfTest::Exception => "exception",

@@ -12,7 +12,7 @@ use pcie_iommu::{Bdf, Error, PhysAddr};
 /// Vendor and device ID.
 pub const ID: (u16, u16) = (0x1234, 0x11e8);
 /// The device-side buffer's bus address inside edu (4 KiB).
-pub const BUFFER: u64 = 0x4_0000;
+const BUFFER: u64 = 0x4_0000;
 const BAR0_SIZE: usize = 1 << 20;
 const REG_ID: usize = 0x00;
 const REG_DMA_SRC: usize = 0x80;
@@ -32,7 +32,6 @@ const DMA_TIMEOUT: Duration = Duration::from_secs(2);
 /// One edu function with its BAR0 mapped, memory decode and bus mastering on.
 pub struct Edu {
     regs: MmioRegion,
-    pub bdf: Bdf,
 }
 
 impl Edu {
@@ -47,7 +46,7 @@ impl Edu {
         if id != 0x0100_00ed {
             return Err(Error::Hardware { what: "edu ID register (expected 0x010000ed)", value: u64::from(id) });
         }
-        Ok(Self { regs, bdf })
+        Ok(Self { regs })
     }
 
     /// Copies `len` bytes between RAM at bus address `ram` and edu's buffer, in the direction

@@ -7,6 +7,10 @@
 #![no_std]
 #![no_main]
 #![allow(unreachable_pub, reason = "a binary: `pub` only marks what its modules share")]
+#![allow(
+    clippy::deref_addrof,
+    reason = "`&mut *(&raw mut STATIC)` is how edition 2024 reaches a `static mut`; the suggested `&mut STATIC` is denied"
+)]
 
 mod arch;
 mod boot_info;
@@ -16,7 +20,9 @@ mod discover;
 mod edu;
 mod host_check;
 mod logger;
+mod pcie;
 mod platform;
+mod tree;
 
 use boot_info::BootInfo;
 use checks::Checks;
@@ -51,7 +57,8 @@ pub fn firmware_main(mut info: BootInfo) -> ! {
     defmt::info!("self-test: {=str}", test.name());
 
     match test {
-        SelfTest::Discover => discover::run(&info, machine, &mut checks),
+        SelfTest::Discover => discover::run(&info, machine, &mut checks, false),
+        SelfTest::Pcie => discover::run(&info, machine, &mut checks, true),
         SelfTest::Fail => {
             checks.check("deliberate failure (test=fail): this check is false on purpose", false);
         }

@@ -18,12 +18,12 @@ use crate::arch;
 const MAX_RANGES: usize = 32;
 const MAX_FREED: usize = 32;
 
-/// Highest physical address (exclusive) the CPU can reach: the x86 stub identity-maps 4 GiB;
-/// on Arm the MMU is off, so every address is reachable.
+/// End (exclusive) of the physical addresses the CPU can reach: the x86 stub identity-maps
+/// 4 GiB; on Arm the MMU is off, so every address is reachable.
 #[cfg(target_arch = "x86_64")]
-const REACHABLE_END: u64 = 1 << 32;
+const REACHABLE_END: Option<u64> = Some(1 << 32);
 #[cfg(target_arch = "aarch64")]
-const REACHABLE_END: u64 = u64::MAX;
+const REACHABLE_END: Option<u64> = None;
 
 /// Half-open physical range `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, defmt::Format)]
@@ -100,7 +100,9 @@ pub struct QemuPlatform {
 impl QemuPlatform {
     /// A platform allocating from `free` (already stripped of everything in use).
     pub fn new(mut free: RangeSet) -> Self {
-        free.remove(REACHABLE_END, u64::MAX);
+        if let Some(end) = REACHABLE_END {
+            free.remove(end, u64::MAX);
+        }
         let next = free.as_slice().first().map_or(0, |r| r.start);
         Self {
             pool: RefCell::new(Pool { free, current: 0, next, freed: [(0, 0); MAX_FREED], freed_len: 0, pages_out: 0 }),
@@ -119,7 +121,7 @@ impl QemuPlatform {
 
     fn zeroed(phys: u64, count: usize) -> DmaPages {
         let len = count * PAGE_SIZE;
-        // CAST: identity mapping; `phys` is below REACHABLE_END.
+        // CAST: identity mapping; `phys` is reachable (the pool excludes what is not).
         let ptr = phys as usize as *mut u8;
         // SAFETY: the range is free RAM that the allocator hands out once, identity-mapped.
         unsafe { core::ptr::write_bytes(ptr, 0, len) };
@@ -180,10 +182,10 @@ unsafe impl Platform for QemuPlatform {
     fn map_mmio(&self, base: PhysAddr, size: usize) -> Result<NonNull<u8>, Error> {
         let unavailable = Error::MmioUnavailable { base: base.0, size: size as u64 };
         let end = base.0.checked_add(size as u64).ok_or(unavailable)?;
-        if end > REACHABLE_END || base.0 == 0 {
+        if REACHABLE_END.is_some_and(|limit| end > limit) || base.0 == 0 {
             return Err(unavailable);
         }
-        // CAST: identity mapping, below REACHABLE_END, which fits usize on both targets.
+        // CAST: identity mapping of a reachable address, which fits usize on both targets.
         NonNull::new(base.0 as usize as *mut u8).ok_or(unavailable)
     }
 

@@ -45,6 +45,9 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Answers the image: called with each new line and all lines so far; returns bytes for its UART.
+pub(crate) type Responder<'a> = &'a mut dyn FnMut(&LogLine, &[LogLine]) -> Option<Vec<u8>>;
+
 /// Callbacks for live output (`cargo xtask run`) and for answering the image.
 #[derive(Default)]
 pub(crate) struct Live<'a> {
@@ -52,7 +55,7 @@ pub(crate) struct Live<'a> {
     pub(crate) on_stderr: Option<&'a mut dyn FnMut(&str)>,
     /// Called with each new line and all lines so far; bytes it returns are written to the
     /// image's UART (QEMU's stdin), e.g. the answer to a `host-check request`.
-    pub(crate) on_request: Option<&'a mut dyn FnMut(&LogLine, &[LogLine]) -> Option<Vec<u8>>>,
+    pub(crate) on_request: Option<Responder<'a>>,
 }
 
 enum Event {

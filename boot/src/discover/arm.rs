@@ -4,6 +4,8 @@
 use pcie_iommu::firmware::dt::{DeviceTree, PciSpace};
 use pcie_iommu::hal::Platform;
 use pcie_iommu::mmio::MmioRegion;
+use pcie_iommu::pci::bars::Window;
+use pcie_iommu::pci::enumerate::{RootBus, Windows};
 use pcie_iommu::pci::{Ecam, EcamWindow};
 use pcie_iommu::smmuv3::regs::{offset, IdRegisters};
 use pcie_iommu::{Bdf, PhysAddr};
@@ -60,7 +62,7 @@ impl Machine {
     }
 }
 
-pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks) {
+pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks, active: bool) {
     super::log_memory(info);
     let Some(dt) = machine.dt else { return };
     let platform = super::make_platform(info, &machine.reserved[..machine.reserved_len]);
@@ -164,6 +166,7 @@ pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks) {
 
         let window = EcamWindow { base: host.ecam.base, segment: host.segment, start_bus: host.buses.start, end_bus: host.buses.end };
         let Some(ecam) = checks.ok("ECAM window maps", Ecam::map(&platform, window)) else { continue };
+        let root = RootBus::new(host.segment, host.buses.start, host.buses.end).with_windows(windows_from_ranges(&host));
         // No firmware ran: nothing assigned bus numbers, so only the root bus is reachable yet.
         let mut functions = 0;
         for f in ecam.functions_on_bus(host.buses.start) {
@@ -174,10 +177,36 @@ pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks) {
                 Err(e) => defmt::error!("{}: iommu-map lookup failed: {}", f, e),
             }
         }
-        let root = Bdf { segment: host.segment, bus: host.buses.start, devfn: 0 };
-        let id = ecam.read32(root, 0);
-        defmt::info!("ECAM {}: vendor:device {=u16:04x}:{=u16:04x}", root, id as u16, (id >> 16) as u16);
+        let root_dev = Bdf { segment: host.segment, bus: host.buses.start, devfn: 0 };
+        let id = ecam.read32(root_dev, 0);
+        defmt::info!("ECAM {}: vendor:device {=u16:04x}:{=u16:04x}", root_dev, id as u16, (id >> 16) as u16);
         checks.check("the root bus's device 0 answers through ECAM", id as u16 != 0xffff && functions > 0);
+
+        // No firmware ran: enumeration numbers every bus and places every BAR itself.
+        let host_check = crate::cmdline::host_check_offered(info.cmdline);
+        let pcie = crate::pcie::enumerate(&ecam, &[root], &platform, host_check, checks);
+        if let (true, Some(e)) = (active, pcie) {
+            crate::pcie::edus_answer(&ecam, e, &platform, checks);
+            crate::pcie::sriov_round_trip(&ecam, e, &platform, host_check, checks);
+            crate::pcie::attach_guard(e, checks);
+        }
     }
     checks.check("the device tree describes a PCIe ECAM host bridge", hosts > 0);
+}
+
+/// The host bridge's `ranges` as enumeration windows (bus addresses). On virt the memory windows
+/// map 1:1 and I/O port 0 sits at CPU 0x3eff_0000.
+fn windows_from_ranges(host: &pcie_iommu::firmware::dt::PciHost<'_>) -> Windows {
+    let mut w = Windows { memory32: None, memory64: None, io: None };
+    let Ok(ranges) = host.ranges() else { return w };
+    for r in ranges.flatten() {
+        let window = Some(Window::new(r.pci_address, r.size));
+        match r.space {
+            PciSpace::Memory32 if w.memory32.is_none() => w.memory32 = window,
+            PciSpace::Memory64 if w.memory64.is_none() => w.memory64 = window,
+            PciSpace::Io if w.io.is_none() => w.io = window,
+            _ => {}
+        }
+    }
+    w
 }

@@ -5,6 +5,8 @@ use pcie_iommu::firmware::acpi::{
 };
 use pcie_iommu::hal::Platform;
 use pcie_iommu::mmio::MmioRegion;
+use pcie_iommu::pci::bars::Window;
+use pcie_iommu::pci::enumerate::{RootBus, Windows};
 use pcie_iommu::pci::{Ecam, EcamWindow};
 use pcie_iommu::vtd::regs::{offset, Capability, ExtendedCapability, Version};
 use pcie_iommu::{Bdf, Error, PhysAddr};
@@ -60,7 +62,7 @@ impl Machine {
     }
 }
 
-pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks) {
+pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks, active: bool) {
     super::log_memory(info);
     let platform = super::make_platform(info, &[]);
     super::check_platform(&platform, checks);
@@ -152,11 +154,28 @@ pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks) {
     checks.check("ECAM and CF8/CFC agree on every function of bus 0", bus0_len > 0 && mismatches == 0);
     let bus0 = &bus0[..bus0_len];
 
+    // ---- The whole hierarchy ------------------------------------------------------------------
+    // q35's PCI hole: 32-bit MMIO from 0xC000_0000 (above ECAM at 0xB000_0000) up to the IOAPIC
+    // at 0xFEC0_0000, and I/O ports from 0xC000 (below are legacy ISA devices and ACPI PM).
+    let w = ecam.window();
+    let root = RootBus::new(w.segment, w.start_bus, w.end_bus).with_windows(Windows {
+        memory32: Some(Window::new(0xc000_0000, 0xfec0_0000 - 0xc000_0000)),
+        memory64: None,
+        io: Some(Window::new(0xc000, 0x4000)),
+    });
+    let host_check = crate::cmdline::host_check_offered(info.cmdline);
+    let pcie = crate::pcie::enumerate(&ecam, &[root], &platform, host_check, checks);
+
     // ---- DMAR and the VT-d units -----------------------------------------------------------------
     let dmar = match acpi.find(b"DMAR") {
         Ok(bytes) => checks.ok("DMAR table is valid", Dmar::parse(bytes)),
         Err(Error::NotFound { .. }) => {
             defmt::info!("no DMAR table: this machine has no VT-d remapping hardware");
+            if let (true, Some(e)) = (active, pcie) {
+                crate::pcie::edus_answer(&ecam, e, &platform, checks);
+            crate::pcie::sriov_round_trip(&ecam, e, &platform, host_check, checks);
+                crate::pcie::attach_guard(e, checks);
+            }
             return;
         }
         Err(e) => {
@@ -170,10 +189,14 @@ pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks) {
         dmar.host_address_width(), dmar.flags(), dmar.interrupt_remapping(), dmar.x2apic_opt_out(), dmar.dma_ctrl_platform_opt_in()
     );
     let mut drhd_index = 0u32;
+    let mut first_unit: Option<(PhysAddr, usize)> = None;
     let mut structure_errors = 0;
     for structure in dmar.structures() {
         match structure {
             Ok(RemappingStructure::Drhd(drhd)) => {
+                if first_unit.is_none() {
+                    first_unit = usize::try_from(drhd.register_set_size()).ok().map(|size| (drhd.register_base(), size));
+                }
                 report_drhd(drhd_index, &drhd, &ecam, bus0, &platform, checks);
                 drhd_index += 1;
             }
@@ -210,6 +233,15 @@ pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks) {
     }
     checks.check("every DMAR remapping structure is valid", structure_errors == 0);
     checks.check("DMAR describes at least one remapping unit", drhd_index > 0);
+
+    if let (true, Some(e)) = (active, pcie) {
+        crate::pcie::edus_answer(&ecam, e, &platform, checks);
+            crate::pcie::sriov_round_trip(&ecam, e, &platform, host_check, checks);
+        crate::pcie::attach_guard(e, checks);
+        if let Some((base, size)) = first_unit {
+            crate::pcie::alias_check_vtd(&ecam, e, &platform, base, size, checks);
+        }
+    }
 }
 
 /// The secondary bus of a bridge, from its type 1 header (offset 0x19).
@@ -261,11 +293,12 @@ fn report_drhd(index: u32, drhd: &Drhd<'_>, ecam: &Ecam, bus0: &[Bdf], platform:
             if !matches!(scope.kind(), DeviceScopeKind::Endpoint | DeviceScopeKind::Bridge) {
                 continue;
             }
-            if let Ok(bdf) = scope.resolve(|b| secondary_bus(ecam, b)) {
-                if bdf.bus == 0 && scoped_len < MAX_FUNCTIONS {
-                    scoped[scoped_len] = bdf;
-                    scoped_len += 1;
-                }
+            if let Ok(bdf) = scope.resolve(|b| secondary_bus(ecam, b))
+                && bdf.bus == 0
+                && scoped_len < MAX_FUNCTIONS
+            {
+                scoped[scoped_len] = bdf;
+                scoped_len += 1;
             }
         }
         let scoped = &scoped[..scoped_len];

@@ -51,7 +51,7 @@ fn dtb_slice() -> Result<&'static [u8], u32> {
         (u32::from_be(p.read_volatile()), u32::from_be(p.add(1).read_volatile()))
     };
     // The image starts 2 MiB into RAM, so a larger blob would overlap it.
-    if magic != 0xd00d_feed || total < 40 || total > 0x20_0000 {
+    if magic != 0xd00d_feed || !(40..=0x20_0000).contains(&total) {
         return Err(magic);
     }
     // SAFETY: as above; `total` bytes lie below the image and stay unchanged for the run.

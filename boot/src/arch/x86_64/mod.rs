@@ -136,7 +136,7 @@ static HPET_PERIOD_FS: AtomicU64 = AtomicU64::new(0);
 /// Starts the HPET found in ACPI and uses it as the clock. Returns the period in fs.
 pub fn start_clock(hpet_base: u64) -> Result<u64, pcie_iommu::Error> {
     // The identity map covers the first 4 GiB; the HPET lives at 0xFED0_0000 on PCs.
-    if hpet_base >= 1 << 32 || hpet_base % 8 != 0 {
+    if hpet_base >= 1 << 32 || !hpet_base.is_multiple_of(8) {
         return Err(pcie_iommu::Error::InvalidField { what: "HPET base", value: hpet_base });
     }
     let base = hpet_base as usize;
