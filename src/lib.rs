@@ -17,6 +17,7 @@ pub mod addr;
 pub mod error;
 pub mod firmware;
 pub mod hal;
+pub mod iommu;
 pub mod mmio;
 pub mod pci;
 #[cfg(any(test, feature = "sim"))]
