@@ -174,3 +174,45 @@ exception_stub_table:
     .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .quad exception_stub_\v
     .endr
+
+/* Interrupt stubs for vectors 0x40-0x4f: save the caller-saved registers (the Rust handler
+ * follows the C ABI, and the target is soft-float, so no SSE state needs saving), pass the
+ * vector, return with iretq. Stack: the CPU aligns RSP to 16 and pushes 5 qwords; 9 more make
+ * the call site 16-aligned as the ABI requires. */
+    .section .text
+.macro irq_stub vector
+irq_stub_\vector:
+    push %rax
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    mov $\vector, %edi
+    call x86_irq
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rax
+    iretq
+.endm
+
+    .irp v, 64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79
+    irq_stub \v
+    .endr
+
+    .section .rodata
+    .balign 8
+    .global irq_stub_table
+irq_stub_table:
+    .irp v, 64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79
+    .quad irq_stub_\v
+    .endr

@@ -278,7 +278,12 @@ static mut IDT: Idt = Idt([0; 512]);
 
 unsafe extern "C" {
     static exception_stub_table: [u64; 32];
+    static irq_stub_table: [u64; IRQ_VECTORS];
 }
+
+/// First vector with a returning interrupt stub, and how many there are.
+pub const IRQ_BASE: u8 = 0x40;
+const IRQ_VECTORS: usize = 16;
 
 fn install_idt() {
     // SAFETY: the table is in .rodata, written by the assembler, never modified.
@@ -286,7 +291,10 @@ fn install_idt() {
     // SAFETY: the IDT is written once, here, before it is loaded and before any other code
     // could take an exception through it.
     let idt = unsafe { &mut *(&raw mut IDT) };
-    for (vector, &handler) in stubs.iter().enumerate() {
+    // SAFETY: as above, the interrupt stub table is assembler-written .rodata.
+    let irq_stubs = unsafe { &*(&raw const irq_stub_table) };
+    let gates = stubs.iter().enumerate().chain(irq_stubs.iter().enumerate().map(|(i, h)| (usize::from(IRQ_BASE) + i, h)));
+    for (vector, &handler) in gates {
         // 64-bit interrupt gate (Intel SDM vol. 3 §6.14.1): offset 15:0, selector 0x08,
         // type 0xE with P=1 DPL=0, offset 31:16, then offset 63:32.
         let low = (handler & 0xffff)
@@ -332,4 +340,108 @@ pub fn uart_try_read() -> Option<u8> {
             None
         }
     }
+}
+
+
+// ---- Interrupts: local APIC and handlers ------------------------------------------------------
+
+/// Handlers for vectors IRQ_BASE..IRQ_BASE+16, as `fn()` addresses (0 = none).
+static IRQ_HANDLERS: [AtomicUsize; IRQ_VECTORS] = [const { AtomicUsize::new(0) }; IRQ_VECTORS];
+/// Interrupts taken per vector, for diagnostics and tests.
+static IRQ_COUNTS: [AtomicU64; IRQ_VECTORS] = [const { AtomicU64::new(0) }; IRQ_VECTORS];
+static LAPIC_BASE: AtomicUsize = AtomicUsize::new(0);
+
+const LAPIC_ID: usize = 0x20;
+const LAPIC_TPR: usize = 0x80;
+const LAPIC_EOI: usize = 0xb0;
+const LAPIC_SVR: usize = 0xf0;
+const LAPIC_ICR_LOW: usize = 0x300;
+const LAPIC_ICR_HIGH: usize = 0x310;
+
+#[unsafe(no_mangle)]
+extern "C" fn x86_irq(vector: u64) {
+    let i = (vector as usize).wrapping_sub(usize::from(IRQ_BASE));
+    if let (Some(slot), Some(count)) = (IRQ_HANDLERS.get(i), IRQ_COUNTS.get(i)) {
+        count.fetch_add(1, Ordering::Relaxed);
+        let f = slot.load(Ordering::Acquire);
+        if f != 0 {
+            // SAFETY: only `set_irq_handler` stores into the table, and it stores `fn()`s.
+            let handler: fn() = unsafe { core::mem::transmute::<usize, fn()>(f) };
+            handler();
+        }
+    }
+    lapic_write(LAPIC_EOI, 0);
+}
+
+fn lapic_write(offset: usize, value: u32) {
+    let base = LAPIC_BASE.load(Ordering::Acquire);
+    if base != 0 {
+        // SAFETY: the xAPIC register page from IA32_APIC_BASE, identity-mapped uncached below
+        // 4 GiB by the boot stub; 32-bit aligned registers.
+        unsafe { ((base + offset) as *mut u32).write_volatile(value) };
+    }
+}
+
+fn lapic_read(offset: usize) -> u32 {
+    let base = LAPIC_BASE.load(Ordering::Acquire);
+    if base == 0 {
+        return 0;
+    }
+    // SAFETY: as in `lapic_write`.
+    unsafe { ((base + offset) as *const u32).read_volatile() }
+}
+
+/// Enables the local APIC in xAPIC mode (base from IA32_APIC_BASE, SDM vol. 3 §11.4.4), accepts
+/// every priority, and returns (base, APIC ID) for building MSI addresses.
+pub fn lapic_init() -> Result<(u64, u8), pcie_iommu::Error> {
+    // SAFETY: reading IA32_APIC_BASE (MSR 0x1b) has no side effect.
+    let msr = unsafe { x86_64::registers::model_specific::Msr::new(0x1b).read() };
+    let base = msr & 0xf_ffff_f000;
+    if msr & (1 << 11) == 0 || base == 0 || base >= 1 << 32 {
+        return Err(pcie_iommu::Error::Hardware { what: "IA32_APIC_BASE (APIC disabled or above 4 GiB)", value: msr });
+    }
+    // Mask both 8259s first: SeaBIOS points the PIT's IRQ 0 at vector 8, the double-fault
+    // gate, and the first `sti` would take it.
+    // SAFETY: OCW1 writes to the 8259 interrupt mask registers; nothing else uses the PICs.
+    unsafe {
+        Port::<u8>::new(0x21).write(0xff);
+        Port::<u8>::new(0xa1).write(0xff);
+    }
+    LAPIC_BASE.store(base as usize, Ordering::Release);
+    lapic_write(LAPIC_TPR, 0);
+    // Software enable (bit 8) with spurious vector 0xff.
+    lapic_write(LAPIC_SVR, (1 << 8) | 0xff);
+    // CAST: the xAPIC ID is bits 31:24.
+    Ok((base, (lapic_read(LAPIC_ID) >> 24) as u8))
+}
+
+/// Routes vector `vector` (IRQ_BASE..IRQ_BASE+16) to `handler`.
+pub fn set_irq_handler(vector: u8, handler: fn()) -> bool {
+    match IRQ_HANDLERS.get(usize::from(vector.wrapping_sub(IRQ_BASE))) {
+        Some(slot) => {
+            slot.store(handler as usize, Ordering::Release);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Interrupts taken on `vector` so far.
+pub fn irq_count(vector: u8) -> u64 {
+    IRQ_COUNTS.get(usize::from(vector.wrapping_sub(IRQ_BASE))).map_or(0, |c| c.load(Ordering::Relaxed))
+}
+
+/// Sends a fixed, edge-triggered IPI with `vector` to this CPU (ICR shorthand "self").
+pub fn send_self_ipi(vector: u8) {
+    lapic_write(LAPIC_ICR_HIGH, 0);
+    lapic_write(LAPIC_ICR_LOW, (1 << 18) | u32::from(vector));
+}
+
+/// Lets interrupts in for a moment (`sti; nop; cli` window), so a pending one is taken here and
+/// nowhere else: the rest of the image runs with interrupts masked.
+pub fn interrupt_window() {
+    // SAFETY: the IDT has a gate for every vector a device here may raise (exceptions and
+    // IRQ_BASE..+16; the APIC's spurious vector 0xff has no device behind it and the 8259 is
+    // never unmasked); handlers return with iretq.
+    unsafe { core::arch::asm!("sti", "nop", "nop", "cli", options(nomem, nostack)) };
 }
