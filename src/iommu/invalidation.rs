@@ -72,9 +72,9 @@ impl PendingInvalidation {
 
     /// Holds an emptied table page until the invalidation completes.
     pub fn free_after_flush(&mut self, page: DmaPages) {
-        if let Err(page) = self.freed.push(page) {
-            // Never release early: a page-walk cache may still hold it.
-            core::mem::forget(page);
+        if self.freed.push(page).is_err() {
+            // Never release early: a page-walk cache may still hold it. `DmaPages` has no
+            // `Drop`, so letting it go leaks the pages rather than freeing them.
             self.leaked_pages += 1;
         }
     }
@@ -114,9 +114,7 @@ impl Drop for PendingInvalidation {
         // An unflushed change is a driver bug: in tests make it loud. In production the pages
         // leak (never reused while a walk cache may hold them).
         debug_assert!(self.is_empty(), "PendingInvalidation dropped without a flush: {:?}", self.ranges);
-        while let Some(page) = self.freed.pop() {
-            core::mem::forget(page);
-        }
+        // `freed` drops its `DmaPages` without freeing them (no `Drop`): leaked, never reused.
     }
 }
 
