@@ -351,6 +351,61 @@ pub enum Error {
         /// The domain that member is attached to.
         member_domain: u32,
     },
+
+    // ---- I/O page tables ------------------------------------------------------------------
+    /// A map over an IOVA that is already mapped (a valid-to-valid change needs
+    /// break-before-make: unmap, flush, map).
+    AlreadyMapped {
+        /// The first mapped IOVA found in the range.
+        iova: u64,
+    },
+
+    // ---- VT-d invalidation and translation tables -------------------------------------------
+    /// The unit lacks a capability the operation needs (for example ECAP.QI for queued
+    /// invalidation, ECAP.PT for pass-through).
+    Unsupported {
+        /// The capability register and field.
+        what: &'static str,
+        /// The register value read.
+        value: u64,
+    },
+    /// The invalidation queue rejected a descriptor (FSTS.IQE, VT-d §6.5.2.10). The driver
+    /// replaced it with a no-op and the queue went on: the rest of the batch completed.
+    InvalidDescriptor {
+        /// Queue slot of the rejected descriptor (what IQH pointed at).
+        slot: u32,
+        /// Its position in the submitted batch.
+        position: u32,
+        /// Its descriptor type.
+        kind: u8,
+        /// IQERCD.IQEI, the hardware's reason (0: not reported).
+        info: u8,
+    },
+    /// A device-TLB invalidation timed out in hardware (FSTS.ITE) or received a bad completion
+    /// (FSTS.ICE); the device may still hold stale translations.
+    DeviceTlbInvalidation {
+        /// `"ITE"` or `"ICE"`.
+        what: &'static str,
+        /// The source ID the hardware reported (IQERCD ITESID/ICESID; 0 if not reported).
+        sid: u16,
+    },
+    /// A domain ID outside the unit's range, reserved, or not allocated.
+    InvalidDomainId {
+        /// The domain ID.
+        did: u32,
+        /// How many the unit supports (CAP.ND).
+        supported: u32,
+    },
+    /// A translation structure entry is present where the operation needs it absent, or absent
+    /// where it must be present.
+    EntryState {
+        /// Which entry (context, PASID).
+        what: &'static str,
+        /// The requester ID it belongs to.
+        rid: u16,
+        /// Whether it was found present.
+        present: bool,
+    },
 }
 
 impl fmt::Display for Error {
@@ -465,6 +520,25 @@ impl fmt::Display for Error {
                 "{function}: attaching to domain {domain} would split its isolation group: \
                  {member} is in domain {member_domain}"
             ),
+            Error::AlreadyMapped { iova } => write!(f, "IOVA {iova:#x} is already mapped"),
+            Error::Unsupported { what, value } => {
+                write!(f, "{what}: not supported by the unit ({value:#x})")
+            }
+            Error::InvalidDescriptor { slot, position, kind, info } => write!(
+                f,
+                "VT-d invalidation queue rejected descriptor type {kind:#x} at slot {slot} \
+                 (batch position {position}, IQEI {info}); replaced with a no-op"
+            ),
+            Error::DeviceTlbInvalidation { what, sid } => {
+                write!(f, "VT-d device-TLB invalidation error {what} for source ID {sid:#06x}")
+            }
+            Error::InvalidDomainId { did, supported } => {
+                write!(f, "VT-d domain ID {did} invalid (unit supports {supported})")
+            }
+            Error::EntryState { what, rid, present } => {
+                let state = if present { "present" } else { "not present" };
+                write!(f, "{what} for requester {rid:#06x} is {state}")
+            }
         }
     }
 }

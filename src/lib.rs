@@ -16,6 +16,8 @@
 pub mod addr;
 pub mod error;
 pub mod firmware;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod hal;
 pub mod iommu;
 pub mod mmio;

@@ -8,5 +8,6 @@
 //! no table page is reused while hardware may still walk it.
 
 pub mod invalidation;
+pub mod pagetable;
 
 pub use invalidation::{InvalidationRange, PendingInvalidation};

@@ -8,5 +8,6 @@
 extern crate std;
 
 pub mod pci;
+pub mod vtd;
 
 pub use pci::Topology;

@@ -93,37 +93,79 @@ impl FaultRecord {
     }
 }
 
-/// What a fault reason code means (VT-d spec Appendix A, "Non-recoverable Fault Reason Codes").
+/// What a fault reason code means (VT-d spec Appendix A, "Non-recoverable Fault Reason
+/// Codes"; the texts follow Linux's `dma_remap_fault_reasons`, `irq_remap_fault_reasons` and
+/// `dma_remap_sm_fault_reasons` in drivers/iommu/intel/dmar.c, where the scalable-mode table
+/// starts at 0x30).
 pub const fn reason_text(reason: u8) -> &'static str {
     match reason {
+        0x00 => "software-reported",
         0x01 => "root entry not present",
         0x02 => "context entry not present",
         0x03 => "context entry invalid",
         0x04 => "address beyond the guest address width",
         0x05 => "write to a page without write permission",
         0x06 => "read from a page without read permission",
-        0x07 => "paging entry address invalid",
+        0x07 => "next page-table pointer invalid",
         0x08 => "root table address invalid",
         0x09 => "context table pointer invalid",
         0x0a => "reserved bit set in a root entry",
         0x0b => "reserved bit set in a context entry",
         0x0c => "reserved bit set in a paging entry",
-        0x0d => "translation type blocked by the context entry",
-        0x0e => "untranslated request to an address translation service",
-        0x20..=0x26 => "interrupt remapping fault",
-        0x30..=0x3f => "reserved (interrupt remapping)",
-        0x50 => "scalable mode: root table address invalid",
-        0x51 => "scalable mode: context table pointer invalid",
-        0x52 => "scalable mode: context entry not present",
-        0x53 => "scalable mode: reserved bit in a context entry",
-        0x54 => "scalable mode: PASID directory entry not present",
-        0x58 => "scalable mode: PASID directory pointer invalid",
-        0x59 => "scalable mode: PASID entry not present",
-        0x5a => "scalable mode: PASID table pointer invalid",
-        0x5b => "scalable mode: reserved bit or invalid type in a PASID entry",
-        0x70..=0x7f => "scalable mode: second-stage fault",
-        0x80..=0x8f => "scalable mode: first-stage fault",
-        0x90..=0x9f => "scalable mode: nested or pass-through fault",
+        0x0d => "translation request blocked by the context entry",
+        0x20 => "interrupt request with reserved fields",
+        0x21 => "interrupt index beyond the remapping table",
+        0x22 => "interrupt remapping entry not present",
+        0x23 => "interrupt remapping table unreachable",
+        0x24 => "reserved bit set in an interrupt remapping entry",
+        0x25 => "compatibility-format interrupt blocked",
+        0x26 => "interrupt blocked by source-ID verification",
+        0x30 => "scalable mode: root table address invalid",
+        0x31 => "scalable mode: TTM 0 for a request with PASID",
+        0x32 => "scalable mode: TTM 0 for a page group request",
+        0x38 => "scalable mode: root entry unreachable",
+        0x39 => "scalable mode: root entry not present",
+        0x3a => "scalable mode: reserved bit set in a root entry",
+        0x40 => "scalable mode: context entry unreachable",
+        0x41 => "scalable mode: context entry not present",
+        0x42 => "scalable mode: reserved bit set in a context entry",
+        0x43 => "scalable mode: context entry invalid",
+        0x44 => "scalable mode: DTE clear in the context entry",
+        0x45 => "scalable mode: PASID Enable clear in the context entry",
+        0x46 => "scalable mode: PASID beyond the context entry's PASID directory size",
+        0x47 => "scalable mode: PRE clear in the context entry",
+        0x48 => "scalable mode: RID_PASID error in the context entry",
+        0x50 => "scalable mode: PASID directory entry unreachable",
+        0x51 => "scalable mode: PASID directory entry not present",
+        0x52 => "scalable mode: reserved bit set in a PASID directory entry",
+        0x58 => "scalable mode: PASID table entry unreachable",
+        0x59 => "scalable mode: PASID table entry not present",
+        0x5a => "scalable mode: reserved bit set in a PASID table entry",
+        0x5b => "scalable mode: PASID table entry invalid",
+        0x5c => "scalable mode: ERE clear in the PASID table entry",
+        0x5d => "scalable mode: SRE clear in the PASID table entry",
+        0x70 => "scalable mode: first-stage paging entry unreachable",
+        0x71 => "scalable mode: first-stage paging entry not present",
+        0x72 => "scalable mode: reserved bit set in a first-stage paging entry",
+        0x73 => "scalable mode: FL-PML4 entry unreachable",
+        0x74 => "scalable mode: nested first-stage entry address beyond MGAW",
+        0x75 => "scalable mode: nested read permission error in the FL-PML4 entry",
+        0x76 => "scalable mode: nested read permission error in a first-stage entry",
+        0x77 => "scalable mode: nested write permission error in a first-stage entry",
+        0x78 => "scalable mode: second-stage paging entry unreachable",
+        0x79 => "scalable mode: read/write permission error in a second-stage entry",
+        0x7a => "scalable mode: reserved bit set in a second-stage paging entry",
+        0x7b => "scalable mode: second-stage page-table pointer invalid",
+        0x7c => "scalable mode: A/D update needed in a second-stage entry set up no-snoop",
+        0x80 => "scalable mode: first-stage address not canonical",
+        0x81 => "scalable mode: U/S clear for a first-stage user request",
+        0x82 => "scalable mode: no execute permission for a request with PASID and ER",
+        0x83 => "scalable mode: address beyond the hardware's maximum",
+        0x84 => "scalable mode: second-stage entry address beyond the maximum",
+        0x85 => "scalable mode: no write permission for a write or atomic request",
+        0x86 => "scalable mode: no read permission for a read or atomic request",
+        0x87 => "scalable mode: invalid address-interrupt address",
+        0x90 => "scalable mode: A/D update needed in a first-stage entry set up no-snoop",
         _ => "unknown fault reason",
     }
 }
@@ -159,6 +201,10 @@ mod tests {
         let s = FaultStatus(0x0000_0213);
         assert!(s.overflow() && s.pending() && s.iqe());
         assert_eq!(s.fault_record_index(), 2);
-        assert_eq!(reason_text(0x5b), "scalable mode: reserved bit or invalid type in a PASID entry");
+        // Linux dma_remap_sm_fault_reasons[0x5b - 0x30]: "SM: Invalid Scalable-Mode PASID Table
+        // Entry" (what QEMU reports for a non-present entry, notes §1.5).
+        assert_eq!(reason_text(0x5b), "scalable mode: PASID table entry invalid");
+        assert_eq!(reason_text(0x81), "scalable mode: U/S clear for a first-stage user request");
+        assert_eq!(reason_text(0x59), "scalable mode: PASID table entry not present");
     }
 }
