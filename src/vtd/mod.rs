@@ -1,11 +1,27 @@
 //! Intel VT-d (Intel Virtualization Technology for Directed I/O, rev. 4.x/5.x).
 //!
 //! [`regs`] decodes and validates the capability registers before anything is sized from them.
+//! [`unit`](mod@unit) owns one remapping unit: its registers, the GCMD/GSTS handshake, the
+//! translation tables ([`context`] for root and context entries and domain IDs, [`pasid`] for
+//! scalable-mode PASID directories and entries) and the invalidation queue ([`qi`]) that issues
+//! the [`descriptor`]s every change owes.
 
+pub mod context;
+pub mod descriptor;
 pub mod fault;
+pub mod pasid;
+pub mod qi;
 pub mod regs;
+#[cfg(test)]
+mod sim_tests;
+#[cfg(test)]
+mod testfake;
 pub mod unit;
 
+pub use context::{DomainIds, TableInvalidation};
+pub use descriptor::Descriptor;
 pub use fault::{FaultRecord, FaultStatus};
+pub use pasid::PasidTranslation;
+pub use qi::{FlushScope, InvalidationQueue};
 pub use regs::{Capability, ExtendedCapability, Version};
 pub use unit::{TableMode, Unit};

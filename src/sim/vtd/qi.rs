@@ -536,12 +536,14 @@ impl Inner {
                 PasidCacheGranularity::Pasid => e.did != did || p != pasid,
             }),
             Descriptor::DeviceTlb { .. } | Descriptor::PasidDeviceTlb { .. } => {
+                // IQERCD: ICESID is bits 63:48, ITESID bits 47:32 (VT-d §11.4.9.9; Linux
+                // DMAR_IQER_REG_ICESID / DMAR_IQER_REG_ITESID).
                 if let Some(sid) = self.inject_ice.take() {
-                    self.iqercd = (self.iqercd & !(0xffff << 32)) | u64::from(sid) << 32;
+                    self.iqercd = (self.iqercd & !(0xffff << 48)) | u64::from(sid) << 48;
                     self.set_fault_status(fsts::ICE);
                 }
                 if let Some(sid) = self.inject_ite.take() {
-                    self.iqercd = (self.iqercd & !(0xffff << 48)) | u64::from(sid) << 48;
+                    self.iqercd = (self.iqercd & !(0xffff << 32)) | u64::from(sid) << 32;
                     self.set_fault_status(fsts::ITE);
                     return true;
                 }

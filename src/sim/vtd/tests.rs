@@ -496,12 +496,14 @@ fn injected_ite_stops_the_queue_and_ice_does_not() {
     f.unit.inject_ice(0x11);
     f.submit(&[d2(0x3 | 0x11 << 32, 0), wait_sw(page, 1)]);
     assert_eq!(f.unit.fsts() & fsts::ICE, fsts::ICE);
-    assert_eq!(f.unit.read64(off::IQERCD) >> 32 & 0xffff, 0x11);
+    // ICESID: IQERCD bits 63:48 (Linux DMAR_IQER_REG_ICESID).
+    assert_eq!(f.unit.read64(off::IQERCD) >> 48, 0x11);
     assert_eq!(f.mem.read_u32(page), Some(1));
     f.unit.inject_ite(0x22);
     f.submit(&[d2(0x3 | 0x22 << 32, 0), wait_sw(page + 4, 2)]);
     assert_eq!(f.unit.fsts() & fsts::ITE, fsts::ITE);
-    assert_eq!(f.unit.read64(off::IQERCD) >> 48, 0x22);
+    // ITESID: IQERCD bits 47:32 (Linux DMAR_IQER_REG_ITESID).
+    assert_eq!(f.unit.read64(off::IQERCD) >> 32 & 0xffff, 0x22);
     assert_eq!(f.head(), 3 << 4, "stopped after the timed-out descriptor");
     assert_eq!(f.mem.read_u32(page + 4), Some(0));
     f.unit.write32(off::FSTS, fsts::ITE | fsts::ICE);
