@@ -16,6 +16,8 @@ pub enum SelfTest {
     /// `discover`, then the active PCIe checks: unmanaged SR-IOV enable/disable, the group
     /// attach guard, and (x86 with VT-d) requester-ID aliases against VT-d fault records.
     Pcie,
+    /// `discover`, then DMA through VT-d translation (x86 with `intel-iommu`).
+    Vtd,
     /// A check that fails on purpose (tests the harness).
     Fail,
     /// A panic (tests the harness).
@@ -29,7 +31,7 @@ pub enum SelfTest {
 }
 
 impl SelfTest {
-    pub const KNOWN: &'static str = "discover, pcie, fail, panic, exception, hang";
+    pub const KNOWN: &'static str = "discover, pcie, vtd, fail, panic, exception, hang";
 
     /// The self-test named by the last `test=` word, `discover` when there is none.
     pub fn from_cmdline(cmdline: &'static str) -> Self {
@@ -42,6 +44,7 @@ impl SelfTest {
                 test = match name {
                     "discover" => SelfTest::Discover,
                     "pcie" => SelfTest::Pcie,
+                    "vtd" => SelfTest::Vtd,
                     "fail" => SelfTest::Fail,
                     "panic" => SelfTest::Panic,
                     "exception" => SelfTest::Exception,
@@ -59,6 +62,7 @@ impl SelfTest {
         match self {
             SelfTest::Discover => "discover",
             SelfTest::Pcie => "pcie",
+            SelfTest::Vtd => "vtd",
             SelfTest::Fail => "fail",
             SelfTest::Panic => "panic",
             SelfTest::Exception => "exception",

@@ -23,6 +23,8 @@ mod logger;
 mod pcie;
 mod platform;
 mod tree;
+#[cfg(target_arch = "x86_64")]
+mod vtd_test;
 
 use boot_info::BootInfo;
 use checks::Checks;
@@ -57,8 +59,9 @@ pub fn firmware_main(mut info: BootInfo) -> ! {
     defmt::info!("self-test: {=str}", test.name());
 
     match test {
-        SelfTest::Discover => discover::run(&info, machine, &mut checks, false),
-        SelfTest::Pcie => discover::run(&info, machine, &mut checks, true),
+        SelfTest::Discover => discover::run(&info, machine, &mut checks, discover::Extra::None),
+        SelfTest::Pcie => discover::run(&info, machine, &mut checks, discover::Extra::Pcie),
+        SelfTest::Vtd => discover::run(&info, machine, &mut checks, discover::Extra::Vtd),
         SelfTest::Fail => {
             checks.check("deliberate failure (test=fail): this check is false on purpose", false);
         }

@@ -92,6 +92,9 @@ pub(crate) struct Shape {
 
 /// Scalable-mode VT-d with first-stage tables and the PASID bit: the configuration QEMU accepts
 /// with `x-flts` (aw-bits must be 48 then; notes §1.1).
+/// The DMA master: edu with a full 64-bit DMA mask (its default is 28 bits, notes §3.1).
+const EDU: &str = "edu,dma_mask=0xffffffffffffffff";
+
 const VTD_SCALABLE: &str = "intel-iommu,x-scalable-mode=on,x-pasid-mode=on,x-flts=on,aw-bits=48";
 
 /// Every topology case the enumerator must handle: a DMA master on the root bus (full 64-bit DMA
@@ -133,6 +136,14 @@ pub(crate) const SHAPES: &[Shape] = &[
         description: "q35 + legacy-mode VT-d (DMAR in ACPI, registers at 0xfed90000)" },
     Shape { name: "q35-vtd-scalable", arch: Arch::X86_64, machine: "q35", args: &[&["-device", VTD_SCALABLE]],
         description: "q35 + scalable-mode VT-d, first-stage tables, PASID capability" },
+    Shape { name: "q35-vtd-dma", arch: Arch::X86_64, machine: "q35", args: &[&["-device", "intel-iommu", "-device", EDU]],
+        description: "legacy VT-d (48-bit, 4-level) + edu on the root bus as the DMA master" },
+    Shape { name: "q35-vtd39-dma", arch: Arch::X86_64, machine: "q35", args: &[&["-device", "intel-iommu,aw-bits=39", "-device", EDU]],
+        description: "legacy VT-d (39-bit, 3-level) + edu" },
+    Shape { name: "q35-vtd-sl-dma", arch: Arch::X86_64, machine: "q35", args: &[&["-device", "intel-iommu,x-scalable-mode=on", "-device", EDU]],
+        description: "scalable-mode VT-d, second-stage only + edu" },
+    Shape { name: "q35-vtd-fl-dma", arch: Arch::X86_64, machine: "q35", args: &[&["-device", VTD_SCALABLE, "-device", EDU]],
+        description: "scalable-mode VT-d, first-stage only + edu" },
     Shape { name: "q35-rich", arch: Arch::X86_64, machine: "q35", args: &[&["-device", VTD_SCALABLE], RICH_TOPOLOGY],
         description: "scalable VT-d + edu, igb and nvme SR-IOV PFs behind root ports, edu behind a PCIe-to-PCI and a PCI bridge" },
     Shape { name: "virt-smmuv3", arch: Arch::Aarch64, machine: "virt,iommu=smmuv3", args: &[],

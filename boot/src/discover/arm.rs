@@ -62,7 +62,11 @@ impl Machine {
     }
 }
 
-pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks, active: bool) {
+pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks, extra: super::Extra) {
+    if extra == super::Extra::Vtd {
+        checks.check("the vtd self-test runs on x86 (VT-d); Arm has an SMMUv3", false);
+        return;
+    }
     super::log_memory(info);
     let Some(dt) = machine.dt else { return };
     let platform = super::make_platform(info, &machine.reserved[..machine.reserved_len]);
@@ -185,7 +189,7 @@ pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks, active: bool)
         // No firmware ran: enumeration numbers every bus and places every BAR itself.
         let host_check = crate::cmdline::host_check_offered(info.cmdline);
         let pcie = crate::pcie::enumerate(&ecam, &[root], &platform, host_check, checks);
-        if let (true, Some(e)) = (active, pcie) {
+        if let (super::Extra::Pcie, Some(e)) = (extra, pcie) {
             crate::pcie::edus_answer(&ecam, e, &platform, checks);
             crate::pcie::sriov_round_trip(&ecam, e, &platform, host_check, checks);
             crate::pcie::attach_guard(e, checks);

@@ -15,6 +15,17 @@ mod x86;
 #[cfg(target_arch = "x86_64")]
 pub use x86::{Machine, run};
 
+/// What a self-test adds to the discovery.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Extra {
+    /// Nothing: report and check what was found.
+    None,
+    /// The active PCIe checks (SR-IOV, attach guard, aliases).
+    Pcie,
+    /// DMA through VT-d translation.
+    Vtd,
+}
+
 /// Where the image itself lies, from the linker script.
 fn image_range() -> (u64, u64) {
     unsafe extern "C" {

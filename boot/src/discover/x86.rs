@@ -62,7 +62,7 @@ impl Machine {
     }
 }
 
-pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks, active: bool) {
+pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks, extra: super::Extra) {
     super::log_memory(info);
     let platform = super::make_platform(info, &[]);
     super::check_platform(&platform, checks);
@@ -172,7 +172,10 @@ pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks, active: bool)
         Ok(bytes) => checks.ok("DMAR table is valid", Dmar::parse(bytes)),
         Err(Error::NotFound { .. }) => {
             defmt::info!("no DMAR table: this machine has no VT-d remapping hardware");
-            if let (true, Some(e)) = (active, pcie) {
+            if extra == super::Extra::Vtd {
+                checks.check("the vtd self-test needs a VT-d unit (intel-iommu)", false);
+            }
+            if let (super::Extra::Pcie, Some(e)) = (extra, pcie) {
                 crate::pcie::edus_answer(&ecam, e, &platform, checks);
             crate::pcie::sriov_round_trip(&ecam, e, &platform, host_check, checks);
                 crate::pcie::attach_guard(e, checks);
@@ -235,13 +238,20 @@ pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks, active: bool)
     checks.check("every DMAR remapping structure is valid", structure_errors == 0);
     checks.check("DMAR describes at least one remapping unit", drhd_index > 0);
 
-    if let (true, Some(e)) = (active, pcie) {
-        crate::pcie::edus_answer(&ecam, e, &platform, checks);
+    match (extra, pcie, first_unit) {
+        (super::Extra::Pcie, Some(e), _) => {
+            crate::pcie::edus_answer(&ecam, e, &platform, checks);
             crate::pcie::sriov_round_trip(&ecam, e, &platform, host_check, checks);
-        crate::pcie::attach_guard(e, checks);
-        if let Some((base, size)) = first_unit {
-            crate::pcie::alias_check_vtd(&ecam, e, &platform, base, size, checks);
+            crate::pcie::attach_guard(e, checks);
+            if let Some((base, size)) = first_unit {
+                crate::pcie::alias_check_vtd(&ecam, e, &platform, base, size, checks);
+            }
         }
+        (super::Extra::Vtd, Some(e), Some((base, size))) => crate::vtd_test::run(&ecam, e, &platform, base, size, checks),
+        (super::Extra::Vtd, _, _) => {
+            checks.check("the vtd self-test needs a VT-d unit (intel-iommu) and an enumeration", false);
+        }
+        _ => {}
     }
 }
 
