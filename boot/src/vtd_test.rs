@@ -73,10 +73,7 @@ pub fn run(cfg: &impl pcie_iommu::pci::ConfigAccess, e: &Pcie, platform: &QemuPl
     let Some(edu) = checks.ok("edu opens", Edu::open(platform, cfg, bdf, bar0)) else { return };
 
     // ---- Unit, queue, domain, table, attach --------------------------------------------------
-    let probe = checks.ok("VT-d unit bring-up", Unit::new(platform, base, size, TableMode::Legacy));
-    let Some(probe) = probe else { return };
-    let (cap, ecap) = (probe.capability(), probe.extended_capability());
-    drop(probe);
+    let Some((_, cap, ecap)) = checks.ok("VT-d capabilities", Unit::probe(platform, base, size)) else { return };
     let mode = if ecap.smts() { TableMode::Scalable } else { TableMode::Legacy };
     let first_stage = ecap.smts() && ecap.flts() && !ecap.slts();
     let Some(mut unit) = checks.ok("VT-d unit in its best table mode", Unit::new(platform, base, size, mode)) else { return };

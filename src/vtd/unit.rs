@@ -113,6 +113,26 @@ impl Unit {
         Ok(unit)
     }
 
+    /// Reads and validates VER, CAP and ECAP without touching anything else, so a caller can
+    /// choose the table mode (and check features) before [`Unit::new`] installs a root table.
+    pub fn probe<P: Platform + ?Sized>(
+        platform: &P,
+        base: PhysAddr,
+        register_set_size: usize,
+    ) -> Result<(Version, Capability, ExtendedCapability)> {
+        let ptr = platform.map_mmio(base, register_set_size)?;
+        // SAFETY: `Platform::map_mmio` returns a device mapping of exactly this range.
+        let regs = unsafe { MmioRegion::new(ptr, register_set_size) };
+        if regs.read32(offset::VER) == u32::MAX {
+            return Err(Error::Hardware { what: "VT-d VER (all-ones: nothing answers)", value: base.0 });
+        }
+        let cap = Capability(regs.read64(offset::CAP));
+        let ecap = ExtendedCapability(regs.read64(offset::ECAP));
+        cap.validate(register_set_size)?;
+        ecap.validate(register_set_size)?;
+        Ok((Version(regs.read32(offset::VER)), cap, ecap))
+    }
+
     /// Physical base of the register set.
     pub const fn base(&self) -> PhysAddr {
         self.base
