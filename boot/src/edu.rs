@@ -32,6 +32,8 @@ const DMA_TIMEOUT: Duration = Duration::from_secs(2);
 /// One edu function with its BAR0 mapped, memory decode and bus mastering on.
 pub struct Edu {
     regs: MmioRegion,
+    /// Where it is.
+    pub bdf: Bdf,
 }
 
 impl Edu {
@@ -46,7 +48,7 @@ impl Edu {
         if id != 0x0100_00ed {
             return Err(Error::Hardware { what: "edu ID register (expected 0x010000ed)", value: u64::from(id) });
         }
-        Ok(Self { regs })
+        Ok(Self { regs, bdf })
     }
 
     /// Copies `len` bytes between RAM at bus address `ram` and edu's buffer, in the direction

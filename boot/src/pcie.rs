@@ -150,8 +150,8 @@ pub fn edus_answer(cfg: &impl ConfigAccess, e: &Pcie, platform: &QemuPlatform, c
     for index in find(&e.topology, edu::ID.0, edu::ID.1) {
         let Some(f) = e.topology.get(index) else { continue };
         let bar0 = f.bars.iter().flatten().find(|b| b.index == 0).map_or(0, |b| b.base);
-        if checks.ok("edu answers at the BAR0 address enumeration assigned", edu::Edu::open(platform, cfg, f.bdf(), bar0)).is_some() {
-            defmt::info!("edu {}: ID register reads 0x010000ed at BAR0 {=u64:#x}", f.bdf(), bar0);
+        if let Some(dev) = checks.ok("edu answers at the BAR0 address enumeration assigned", edu::Edu::open(platform, cfg, f.bdf(), bar0)) {
+            defmt::info!("edu {}: ID register reads 0x010000ed at BAR0 {=u64:#x}", dev.bdf, bar0);
             n += 1;
         }
     }

@@ -450,6 +450,29 @@ impl Unit {
         }
     }
 
+    /// Points the fault event interrupt (§7.4, §11.4.10-11.4.13) at an MSI `address` with `data`
+    /// and unmasks it (FECTL.IM = 0). Every register is written with a 32-bit access: they are
+    /// 32-bit registers, and QEMU aborts on 8-byte writes to them. Once unmasked, a fault
+    /// (PPF), an overflow (PFO) or an invalidation-queue error raises the interrupt if none was
+    /// pending; a pending one (FECTL.IP) is delivered now.
+    pub fn enable_fault_event(&self, data: u32, address: u64) {
+        self.regs.write32(offset::FEDATA, data);
+        // CAST: the two halves of the MSI address.
+        self.regs.write32(offset::FEADDR, address as u32);
+        self.regs.write32(offset::FEUADDR, (address >> 32) as u32);
+        self.regs.write32(offset::FECTL, 0);
+    }
+
+    /// Masks the fault event interrupt (FECTL.IM = 1); faults are still recorded.
+    pub fn mask_fault_event(&self) {
+        self.regs.write32(offset::FECTL, 1 << 31);
+    }
+
+    /// FECTL: bit 31 IM (masked), bit 30 IP (an interrupt is pending).
+    pub fn fault_event_control(&self) -> u32 {
+        self.regs.read32(offset::FECTL)
+    }
+
     /// FSTS_REG.
     pub fn fault_status(&self) -> FaultStatus {
         FaultStatus(self.regs.read32(offset::FSTS))
