@@ -542,7 +542,7 @@ impl<F: PageTableFormat> IoPageTable<F> {
             match self.format.decode(load(node, idx), level) {
                 Pte::Absent => return None,
                 Pte::Table(_) if level == 1 => return None,
-                Pte::Table(phys) => node = child(node, idx, phys),
+                Pte::Table(phys) => node = child(node, idx, phys)?,
                 Pte::Leaf { phys, perms } => {
                     let size = level_size(level);
                     let base = phys.0 & !(size - 1);
@@ -624,7 +624,7 @@ impl<F: PageTableFormat> IoPageTable<F> {
                 Pte::Leaf { .. } => return Err(Error::AlreadyMapped { iova }),
                 Pte::Table(_) if level == 1 => return Err(Error::AlreadyMapped { iova }),
                 Pte::Table(phys) => {
-                    self.check_free(child(node, idx, phys), level - 1, iova, chunk)?
+                    self.check_free(child(node, idx, phys).ok_or(NO_SHADOW)?, level - 1, iova, chunk)?
                 }
             }
             iova = iova.wrapping_add(chunk);
@@ -670,7 +670,10 @@ impl<F: PageTableFormat> IoPageTable<F> {
                         Err(e) => break 'walk Err(e),
                     },
                     // An empty table left by an unmap that could not prune it is reused.
-                    Pte::Table(tphys) if level > 1 => Some(child(node, idx, tphys)),
+                    Pte::Table(tphys) if level > 1 => match child(node, idx, tphys) {
+                        Some(table) => Some(table),
+                        None => break 'walk Err(NO_SHADOW),
+                    },
                     // check_free ran first; a mapping here means the tree changed under us.
                     _ => break 'walk Err(Error::AlreadyMapped { iova }),
                 };
@@ -762,7 +765,7 @@ impl<F: PageTableFormat> IoPageTable<F> {
                 if let Pte::Table(tphys) = current
                     && level > 1
                 {
-                    let table = child(node, idx, tphys);
+                    let Some(table) = child(node, idx, tphys) else { break 'walk Err(NO_SHADOW) };
                     if let Err(e) =
                         self.unmap_level(platform, table, level - 1, iova, chunk, st, pending)
                     {
@@ -882,11 +885,16 @@ impl<F: PageTableFormat> IoPageTable<F> {
             if level > 1
                 && let Pte::Table(tphys) = self.format.decode(raw, level)
             {
+                // A table without its shadow cannot be walked: its pages are leaked, not freed.
                 let table = child(node, idx, tphys);
-                self.destroy_level(platform, table, level - 1, pending);
+                if let Some(table) = table {
+                    self.destroy_level(platform, table, level - 1, pending);
+                }
                 clear_shadow(node, idx);
                 self.store(node, idx, 0, &mut dirty);
-                self.release(table, level - 1, pending);
+                if let Some(table) = table {
+                    self.release(table, level - 1, pending);
+                }
             } else {
                 self.store(node, idx, 0, &mut dirty);
             }
@@ -949,14 +957,19 @@ fn clear_shadow(node: Node, idx: usize) {
 }
 
 /// The child table linked at `node[idx]` (whose entry holds `phys`).
-fn child(node: Node, idx: usize, phys: PhysAddr) -> Node {
+///
+/// `link` stores the shadow of every table entry it writes and the tree is the only writer of
+/// table entries, so a table entry always has a shadow; `None` (never expected) is reported by
+/// the callers as [`Error::Hardware`] rather than trusted, so corrupted state cannot panic.
+fn child(node: Node, idx: usize, phys: PhysAddr) -> Option<Node> {
     // SAFETY: as in `set_shadow`; the slot was written by `link` before the entry.
     let virt = unsafe { shadow_slot(node, idx).read() };
-    // INVARIANT: `link` stores the shadow of every table entry it writes, and the tree is the
-    // only writer of table entries, so a table entry always has a non-null shadow.
-    let virt = NonNull::new(virt as *mut u8).expect("I/O page table: table entry without a shadow");
-    Node { phys: PhysAddr(phys.0 & ADDR_MASK), virt }
+    let virt = NonNull::new(virt as *mut u8)?;
+    Some(Node { phys: PhysAddr(phys.0 & ADDR_MASK), virt })
 }
+
+/// The error for a table entry whose CPU-side shadow is missing (see [`child`]).
+const NO_SHADOW: Error = Error::Hardware { what: "I/O page table entry without its table shadow", value: 0 };
 
 fn table_is_empty(node: Node) -> bool {
     (0..ENTRIES).all(|i| load(node, i) == 0)
@@ -973,7 +986,10 @@ impl<F: PageTableFormat> IoPageTable<F> {
             let raw = load(node, idx);
             out.push(raw).unwrap();
             match self.format.decode(raw, level) {
-                Pte::Table(phys) if level > 1 => node = child(node, idx, phys),
+                Pte::Table(phys) if level > 1 => match child(node, idx, phys) {
+                    Some(c) => node = c,
+                    None => break,
+                },
                 _ => break,
             }
         }
