@@ -406,6 +406,13 @@ pub enum Error {
         /// Whether it was found present.
         present: bool,
     },
+    /// DMA remapping was to be enabled while the DMAR reports Reserved Memory Regions that were
+    /// not identity-mapped first (VT-d §8.4): the devices they name would fault on their
+    /// firmware-owned DMA as soon as translation is on.
+    RmrrNotPrepared {
+        /// RMRR structures the DMAR reports.
+        rmrrs: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -539,6 +546,10 @@ impl fmt::Display for Error {
                 let state = if present { "present" } else { "not present" };
                 write!(f, "{what} for requester {rid:#06x} is {state}")
             }
+            Error::RmrrNotPrepared { rmrrs } => write!(
+                f,
+                "VT-d: {rmrrs} RMRR(s) not identity-mapped before enabling translation (VT-d §8.4)"
+            ),
         }
     }
 }

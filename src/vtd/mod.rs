@@ -4,7 +4,8 @@
 //! [`unit`](mod@unit) owns one remapping unit: its registers, the GCMD/GSTS handshake, the
 //! translation tables ([`context`] for root and context entries and domain IDs, [`pasid`] for
 //! scalable-mode PASID directories and entries) and the invalidation queue ([`qi`]) that issues
-//! the [`descriptor`]s every change owes.
+//! the [`descriptor`]s every change owes. [`remapping`] brings up every unit a DMAR reports and
+//! identity-maps its RMRRs before translation is enabled.
 
 pub mod context;
 pub mod descriptor;
@@ -12,6 +13,7 @@ pub mod fault;
 pub mod pasid;
 pub mod qi;
 pub mod regs;
+pub mod remapping;
 #[cfg(test)]
 mod sim_tests;
 #[cfg(test)]
@@ -24,4 +26,5 @@ pub use fault::{FaultRecord, FaultStatus};
 pub use pasid::PasidTranslation;
 pub use qi::{FlushScope, InvalidationQueue};
 pub use regs::{Capability, ExtendedCapability, Version};
+pub use remapping::{ModePolicy, Remapping, RmrrDevice, RmrrRange};
 pub use unit::{TableMode, Unit};
