@@ -169,19 +169,40 @@ where
     }
 }
 
+/// Test doubles shared by the library's unit tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
     use core::cell::Cell;
 
-    /// A platform whose clock advances by a fixed step on every read (or not at all).
-    struct ClockOnly {
+    /// A platform with only a clock: each read of `now` advances it by `step_ns`, and `relax`
+    /// runs an optional hook (the device doing something while a driver polls). It hands out
+    /// no memory and maps nothing.
+    pub(crate) struct TestClock<'a> {
         now: Cell<u64>,
-        step: u64,
+        step_ns: u64,
+        relax: Option<&'a dyn Fn()>,
     }
 
-    // SAFETY: test double; it hands out no memory and maps nothing.
-    unsafe impl Platform for ClockOnly {
+    impl<'a> TestClock<'a> {
+        /// A clock advancing `step_ns` per read (0: a stopped clock).
+        pub(crate) fn new(step_ns: u64) -> Self {
+            Self { now: Cell::new(0), step_ns, relax: None }
+        }
+
+        /// The same, running `relax` between polls.
+        pub(crate) fn with_relax(step_ns: u64, relax: &'a dyn Fn()) -> Self {
+            Self { now: Cell::new(0), step_ns, relax: Some(relax) }
+        }
+
+        /// Time the clock has shown so far.
+        pub(crate) fn elapsed(&self) -> Duration {
+            Duration::from_nanos(self.now.get())
+        }
+    }
+
+    // SAFETY: test double; it hands out no memory and maps nothing; its clock is monotonic.
+    unsafe impl Platform for TestClock<'_> {
         fn alloc_dma_pages(&self, count: usize, _align: usize) -> Result<DmaPages> {
             Err(Error::OutOfMemory { pages: count })
         }
@@ -196,14 +217,26 @@ mod tests {
         fn read_barrier(&self) {}
         fn now(&self) -> Instant {
             let t = self.now.get();
-            self.now.set(t + self.step);
+            self.now.set(t + self.step_ns);
             Instant(t)
         }
+        fn relax(&self) {
+            match self.relax {
+                Some(hook) => hook(),
+                None => core::hint::spin_loop(),
+            }
+        }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TestClock;
+    use super::*;
 
     #[test]
     fn poll_returns_the_value_once_ready() {
-        let p = ClockOnly { now: Cell::new(0), step: 1000 };
+        let p = TestClock::new(1000);
         let mut n = 0;
         let got = poll(&p, "test", Duration::from_millis(1), || {
             n += 1;
@@ -214,7 +247,7 @@ mod tests {
 
     #[test]
     fn poll_times_out_on_the_clock() {
-        let p = ClockOnly { now: Cell::new(0), step: 1000 };
+        let p = TestClock::new(1000);
         let mut n = 0u32;
         let got: Result<()> = poll(&p, "GSTS.TES", Duration::from_micros(100), || {
             n += 1;
@@ -227,7 +260,7 @@ mod tests {
 
     #[test]
     fn poll_ends_even_if_the_clock_stops() {
-        let p = ClockOnly { now: Cell::new(0), step: 0 };
+        let p = TestClock::new(0);
         let mut n = 0u64;
         let got: Result<()> = poll(&p, "stuck clock", Duration::from_micros(10), || {
             n += 1;

@@ -15,7 +15,7 @@
 
 use crate::addr::Bdf;
 use crate::error::{Error, Result};
-use crate::pci::caps::{self, id, read32_present};
+use crate::pci::caps::{self, id};
 use crate::pci::config::ConfigAccess;
 
 /// ATS Capability (16 bits at 0x04), ATS Control (16 bits at 0x06).
@@ -85,9 +85,7 @@ impl Ats {
 
     /// Capability (low half) and Control (high half) in one read.
     fn registers<C: ConfigAccess + ?Sized>(&self, cfg: &C) -> Result<(u16, u16)> {
-        let value = read32_present(cfg, self.bdf, self.offset + CAPABILITY)?;
-        // CAST: the two halves.
-        Ok((value as u16, (value >> 16) as u16))
+        caps::read_halves(cfg, self.bdf, self.offset + CAPABILITY)
     }
 
     /// The ATS Capability register.

@@ -149,6 +149,19 @@ pub(crate) fn read32_present<C: ConfigAccess + ?Sized>(
     Ok(value)
 }
 
+/// Two adjacent 16-bit registers (low half at `offset`, high half at `offset + 2`) in one
+/// 32-bit read, with the vanished-function check of [`read32_present`]: capability drivers read
+/// Capability/Control or Control/Status pairs this way, one config access instead of two.
+pub(crate) fn read_halves<C: ConfigAccess + ?Sized>(
+    cfg: &C,
+    bdf: Bdf,
+    offset: u16,
+) -> Result<(u16, u16)> {
+    let value = read32_present(cfg, bdf, offset)?;
+    // CAST: the two halves of the dword.
+    Ok((value as u16, (value >> 16) as u16))
+}
+
 /// After an all-ones read: [`Error::FunctionVanished`] if the function no longer answers, else
 /// `present` (the device is there but returned garbage).
 fn vanished_or<C: ConfigAccess + ?Sized>(cfg: &C, bdf: Bdf, present: Error) -> Error {

@@ -15,7 +15,7 @@
 use crate::addr::Bdf;
 use crate::error::{Error, Result};
 use crate::pci::ats::Ats;
-use crate::pci::caps::{self, id, read32_present};
+use crate::pci::caps::{self, id};
 use crate::pci::config::ConfigAccess;
 
 /// PASID Capability (16 bits at 0x04), PASID Control (16 bits at 0x06).
@@ -115,9 +115,7 @@ impl Pasid {
     }
 
     fn registers<C: ConfigAccess + ?Sized>(&self, cfg: &C) -> Result<(u16, u16)> {
-        let value = read32_present(cfg, self.bdf, self.offset + CAPABILITY)?;
-        // CAST: Capability is the low half, Control the high half.
-        Ok((value as u16, (value >> 16) as u16))
+        caps::read_halves(cfg, self.bdf, self.offset + CAPABILITY)
     }
 
     /// The PASID Capability register. A Max PASID Width above 20 is [`Error::Hardware`].

@@ -112,9 +112,7 @@ impl Pri {
 
     /// Control (low half) and Status (high half) in one read.
     fn control_status<C: ConfigAccess + ?Sized>(&self, cfg: &C) -> Result<(u16, u16)> {
-        let value = read32_present(cfg, self.bdf, self.offset + CONTROL)?;
-        // CAST: the two halves.
-        Ok((value as u16, (value >> 16) as u16))
+        caps::read_halves(cfg, self.bdf, self.offset + CONTROL)
     }
 
     /// Whether Enable is set.
@@ -247,45 +245,13 @@ impl Pri {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::PhysAddr;
-    use crate::hal::{DmaPages, Instant};
+    use crate::hal::testing::TestClock;
     use crate::sim::pci::{Capability, FnId, Function, Topology};
     use core::cell::Cell;
-    use core::ptr::NonNull;
 
-    /// A clock that advances 1 us per read, and a hook run between polls (the device doing
-    /// something while the driver waits).
-    struct Clock<'a> {
-        now: Cell<u64>,
-        relax: &'a dyn Fn(),
-    }
-
-    // SAFETY: test double; it hands out no memory and maps nothing.
-    unsafe impl Platform for Clock<'_> {
-        fn alloc_dma_pages(&self, count: usize, _align: usize) -> Result<DmaPages> {
-            Err(Error::OutOfMemory { pages: count })
-        }
-        unsafe fn free_dma_pages(&self, _pages: DmaPages) {}
-        fn map_mmio(&self, base: PhysAddr, size: usize) -> Result<NonNull<u8>> {
-            Err(Error::MmioUnavailable { base: base.0, size: size as u64 })
-        }
-        fn map_firmware(&self, base: PhysAddr, size: usize) -> Result<NonNull<u8>> {
-            Err(Error::MmioUnavailable { base: base.0, size: size as u64 })
-        }
-        fn write_barrier(&self) {}
-        fn read_barrier(&self) {}
-        fn now(&self) -> Instant {
-            let t = self.now.get();
-            self.now.set(t + 1000);
-            Instant(t)
-        }
-        fn relax(&self) {
-            (self.relax)();
-        }
-    }
-
-    fn clock(relax: &dyn Fn()) -> Clock<'_> {
-        Clock { now: Cell::new(0), relax }
+    /// A clock advancing 1 us per read, with `relax` run between polls.
+    fn clock(relax: &dyn Fn()) -> TestClock<'_> {
+        TestClock::with_relax(1000, relax)
     }
 
     fn bdf() -> Bdf {

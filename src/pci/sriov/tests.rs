@@ -1,13 +1,10 @@
 //! SR-IOV against the `sim` model: QEMU's igb and nvme PFs from the rich preset, VFs on a later
 //! bus, and hostile PFs.
 
-use core::cell::Cell;
-use core::ptr::NonNull;
 use std::vec::Vec;
 
 use super::*;
-use crate::addr::PhysAddr;
-use crate::hal::{DmaPages, Instant};
+use crate::hal::testing::TestClock;
 use crate::pci::bars::{BridgeWindows, Window};
 use crate::pci::enumerate::{
     AssignBuses, Enumeration, Options, RootBus, Warning, Windows, enumerate,
@@ -17,39 +14,7 @@ use crate::sim::pci::{
 };
 
 /// A platform whose clock advances 1 ms at every read; it has no memory to give.
-struct Clock {
-    now: Cell<u64>,
-}
-
-impl Clock {
-    fn new() -> Self {
-        Self { now: Cell::new(0) }
-    }
-    fn elapsed(&self) -> Duration {
-        Duration::from_nanos(self.now.get())
-    }
-}
-
-// SAFETY: a test double that hands out no memory and maps nothing; its clock is monotonic.
-unsafe impl Platform for Clock {
-    fn alloc_dma_pages(&self, count: usize, _align: usize) -> Result<DmaPages> {
-        Err(Error::OutOfMemory { pages: count })
-    }
-    unsafe fn free_dma_pages(&self, _pages: DmaPages) {}
-    fn map_mmio(&self, base: PhysAddr, size: usize) -> Result<NonNull<u8>> {
-        Err(Error::MmioUnavailable { base: base.0, size: size as u64 })
-    }
-    fn map_firmware(&self, base: PhysAddr, size: usize) -> Result<NonNull<u8>> {
-        Err(Error::MmioUnavailable { base: base.0, size: size as u64 })
-    }
-    fn write_barrier(&self) {}
-    fn read_barrier(&self) {}
-    fn now(&self) -> Instant {
-        let t = self.now.get();
-        self.now.set(t + 1_000_000);
-        Instant(t)
-    }
-}
+type Clock = TestClock<'static>;
 
 fn bdf(bus: u8, dev: u8, func: u8) -> Bdf {
     Bdf::new(0, bus, dev, func).unwrap()
@@ -93,7 +58,7 @@ fn disable(e: &mut Enumeration<64>, sim: &Sim, clock: &Clock, pf: Bdf) -> Result
 fn igb_four_vfs_at_stride_two_with_their_bars() {
     let sim = Sim::qemu_q35_rich();
     let mut e = enumerated(&sim);
-    let clock = Clock::new();
+    let clock = TestClock::new(1_000_000);
     let pf = bdf(1, 0, 0);
     sim.reset_counts();
     enable(&mut e, &sim, &clock, pf, 4).unwrap();
@@ -162,7 +127,7 @@ fn igb_four_vfs_at_stride_two_with_their_bars() {
 fn nvme_two_vfs_right_after_the_pf() {
     let sim = Sim::qemu_q35_rich();
     let mut e = enumerated(&sim);
-    let clock = Clock::new();
+    let clock = TestClock::new(1_000_000);
     let pf = bdf(2, 0, 0);
     enable(&mut e, &sim, &clock, pf, 2).unwrap();
     let nvme = pf_index(&e, pf);
@@ -203,7 +168,7 @@ fn next_bus_sim() -> Sim {
 fn vfs_on_the_bus_enumeration_reserved() {
     let sim = next_bus_sim();
     let mut e = enumerated(&sim);
-    let clock = Clock::new();
+    let clock = TestClock::new(1_000_000);
     assert_eq!(
         e.topology
             .get(e.topology.find(bdf(0, 1, 0)).unwrap())
@@ -238,7 +203,7 @@ fn vfs_past_the_bridge_subordinate_are_refused() {
         bus: 2,
         limit: 1
     }));
-    let clock = Clock::new();
+    let clock = TestClock::new(1_000_000);
     let err = enable(&mut e, &sim, &clock, bdf(1, 0, 0), 1);
     assert_eq!(err, Err(Error::SriovVfBus { pf: bdf(1, 0, 0), bus: 2, limit: 1 }));
     // Refused before VF Enable; NumVFs back to 0.
@@ -264,7 +229,7 @@ fn vfs_past_bus_255_are_refused() {
         bus: 0x100,
         limit: 255
     }));
-    let clock = Clock::new();
+    let clock = TestClock::new(1_000_000);
     assert_eq!(
         enable(&mut e, &sim, &clock, bdf(1, 0, 0), 1),
         Err(Error::SriovVfBus { pf: bdf(1, 0, 0), bus: 0x100, limit: 0xff })
@@ -282,7 +247,7 @@ fn single_pf_sim(sriov: SimSrIov) -> Sim {
 fn num_vfs_out_of_range_is_refused() {
     let sim = single_pf_sim(SimSrIov::new(0));
     let mut e = enumerated(&sim);
-    let clock = Clock::new();
+    let clock = TestClock::new(1_000_000);
     let pf = bdf(1, 0, 0);
     assert_eq!(
         enable(&mut e, &sim, &clock, pf, 1),
@@ -307,7 +272,7 @@ fn num_vfs_out_of_range_is_refused() {
 fn vf_stride_zero_with_several_vfs_is_refused() {
     let sim = single_pf_sim(SimSrIov::new(4).offset_stride(1, 0));
     let mut e = enumerated(&sim);
-    let clock = Clock::new();
+    let clock = TestClock::new(1_000_000);
     let pf = bdf(1, 0, 0);
     assert_eq!(
         enable(&mut e, &sim, &clock, pf, 2),
@@ -325,7 +290,7 @@ fn vf_stride_zero_with_several_vfs_is_refused() {
 fn vf_enable_set_behind_our_back_is_refused() {
     let sim = Sim::qemu_q35_rich();
     let mut e = enumerated(&sim);
-    let clock = Clock::new();
+    let clock = TestClock::new(1_000_000);
     let igb = bdf(1, 0, 0);
     let cap = e.sriov[0].offset();
     // Someone else enabled VFs; the device now ignores NumVFs writes (§9.3.3.7).
@@ -373,7 +338,7 @@ impl ConfigAccess for DropWrites<'_> {
 fn num_vfs_that_does_not_take_is_refused() {
     let sim = Sim::qemu_q35_rich();
     let mut e = enumerated(&sim);
-    let clock = Clock::new();
+    let clock = TestClock::new(1_000_000);
     let igb = bdf(1, 0, 0);
     let cfg = DropWrites { sim: &sim, bdf: igb, offset: e.sriov[0].offset() + reg::NUM_VFS };
     let i = pf_index(&e, igb);
@@ -391,7 +356,7 @@ fn num_vfs_that_does_not_take_is_refused() {
 fn disable_then_enable_again() {
     let sim = Sim::qemu_q35_rich();
     let mut e = enumerated(&sim);
-    let clock = Clock::new();
+    let clock = TestClock::new(1_000_000);
     let (igb, nvme) = (bdf(1, 0, 0), bdf(2, 0, 0));
     enable(&mut e, &sim, &clock, igb, 4).unwrap();
     enable(&mut e, &sim, &clock, nvme, 2).unwrap();
@@ -422,7 +387,7 @@ fn disable_then_enable_again() {
 fn a_locked_pf_refuses_changes() {
     let sim = Sim::qemu_q35_rich();
     let mut e = enumerated(&sim);
-    let clock = Clock::new();
+    let clock = TestClock::new(1_000_000);
     let igb = bdf(1, 0, 0);
     let i = pf_index(&e, igb);
     // Nothing to assign before VFs exist.
@@ -465,7 +430,7 @@ fn a_locked_pf_refuses_changes() {
 fn vfs_that_settle_slowly_are_waited_for() {
     let sim = single_pf_sim(SimSrIov::new(2).settle_reads(25));
     let mut e = enumerated(&sim);
-    let clock = Clock::new();
+    let clock = TestClock::new(1_000_000);
     enable(&mut e, &sim, &clock, bdf(1, 0, 0), 2).unwrap();
     assert_eq!(vf_bdfs(&e, pf_index(&e, bdf(1, 0, 0))), [bdf(1, 0, 1), bdf(1, 0, 2)]);
 }
@@ -474,7 +439,7 @@ fn vfs_that_settle_slowly_are_waited_for() {
 fn vfs_that_never_answer_time_out_and_are_turned_off() {
     let sim = single_pf_sim(SimSrIov::new(2).settle_reads(u32::MAX));
     let mut e = enumerated(&sim);
-    let clock = Clock::new();
+    let clock = TestClock::new(1_000_000);
     let pf = bdf(1, 0, 0);
     let err = enable(&mut e, &sim, &clock, pf, 2);
     assert_eq!(
@@ -498,7 +463,7 @@ fn unplaced_vf_bars_are_refused() {
     let options =
         Options { assign_bars: crate::pci::enumerate::AssignBars::Never, ..Options::default() };
     let mut e: Enumeration<64> = enumerate(&sim, &[root()], &options).unwrap();
-    let clock = Clock::new();
+    let clock = TestClock::new(1_000_000);
     let igb = bdf(1, 0, 0);
     assert_eq!(
         enable(&mut e, &sim, &clock, igb, 1),
@@ -548,7 +513,7 @@ fn last_vf_bus_arithmetic() {
 fn snapshot_removal_refuses_to_orphan_and_renumbers() {
     let sim = Sim::qemu_q35_rich();
     let mut e = enumerated(&sim);
-    let clock = Clock::new();
+    let clock = TestClock::new(1_000_000);
     // Removing a bridge would orphan what sits below it: refused, nothing removed.
     let rp1 = e.topology.find(bdf(0, 1, 0)).unwrap();
     let before = e.topology.len();
