@@ -413,6 +413,39 @@ pub enum Error {
         /// RMRR structures the DMAR reports.
         rmrrs: usize,
     },
+    // ---- Domains and attachments (iommu::domain) -------------------------------------------
+    /// An endpoint is not in the attachment state the call needs.
+    Attachment {
+        /// The function.
+        function: crate::addr::Bdf,
+        /// Its PASID (`u32::MAX`: requests without a PASID).
+        pasid: u32,
+        /// The domain concerned (the one it is attached to, or the one named in the call).
+        domain: u32,
+        /// What is wrong: "attached to another domain", "not attached to it".
+        state: &'static str,
+    },
+    /// A PASID attachment for a function whose isolation group has other members, which could
+    /// reach its DMA targets without the IOMMU.
+    SharedGroup {
+        /// The function.
+        function: crate::addr::Bdf,
+        /// Members of its group.
+        members: usize,
+    },
+    /// A function whose firmware-owned DMA (RMRR, RMR) needs its current attachment.
+    Reserved {
+        /// The function.
+        function: crate::addr::Bdf,
+    },
+    /// A domain that still has users (or a detach that could not be confirmed) was to be
+    /// destroyed.
+    DomainInUse {
+        /// The domain.
+        domain: u32,
+        /// Its users.
+        users: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -550,6 +583,23 @@ impl fmt::Display for Error {
                 f,
                 "VT-d: {rmrrs} RMRR(s) not identity-mapped before enabling translation (VT-d §8.4)"
             ),
+            Error::Attachment { function, pasid, domain, state } => {
+                if pasid == u32::MAX {
+                    write!(f, "{function}: {state} (domain {domain})")
+                } else {
+                    write!(f, "{function} PASID {pasid:#x}: {state} (domain {domain})")
+                }
+            }
+            Error::SharedGroup { function, members } => write!(
+                f,
+                "{function}: PASID attachment refused, its isolation group has {members} members"
+            ),
+            Error::Reserved { function } => {
+                write!(f, "{function}: reserved for firmware-owned DMA (RMRR/RMR), cannot move")
+            }
+            Error::DomainInUse { domain, users } => {
+                write!(f, "domain {domain} still has {users} user(s)")
+            }
         }
     }
 }

@@ -25,6 +25,8 @@ mod platform;
 mod tree;
 #[cfg(target_arch = "x86_64")]
 mod vtd_test;
+#[cfg(target_arch = "x86_64")]
+mod core_test;
 
 use boot_info::BootInfo;
 use checks::Checks;

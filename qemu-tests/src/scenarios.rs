@@ -110,7 +110,8 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
     // enabling VFs), unmanaged SR-IOV at the RIDs QEMU uses, the attach guard, and each edu's
     // requester ID as VT-d records it in a fault (behind the PCIe-to-PCI bridge: 04:00.0;
     // behind the conventional bridge: the bridge, 00:05.0; on a switch port, a root port and
-    // the root bus: itself).
+    // the root bus: itself). Then the domain core (issue 4) with real DMA: the two edu behind
+    // the PCIe-to-PCI bridge share a group and its alias, an edu on the root bus is alone.
     Scenario { name: "q35-pcie", shape: "q35-rich", self_test: "pcie", timeout: DEFAULT_TIMEOUT,
         expect: Pass { lines: &[
             "enumeration: 22 functions",
@@ -131,6 +132,11 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "edu 0000:05:04.0: VT-d fault from source 00:05.0",
             "edu 0000:08:00.0: VT-d fault from source 08:00.0",
             "edu 0000:0a:00.0: VT-d fault from source 0a:00.0",
+            // Issue 4: the domain core over VT-d, with the bridge alias programmed for both edu.
+            "check ok: core: an attach that would split a group is refused",
+            "core: 0000:04:03.0 and 0000:04:04.0 copied in domain one: true true; 0000:00:01.0 in domain two: true; fault None",
+            "core: after replace 0000:04:04.0 is in domain two too: true; both copy in domain two: true true",
+            "core: after detach 0000:04:03.0 is blocked: true",
         ] } },
     // Issue 4: DMA from edu through the driver's own tables, in every table mode QEMU offers.
     // The unmap check fails if the invalidation is skipped (QEMU caches translations; tried);

@@ -7,7 +7,9 @@
 //! them until the invalidation completes). So no mapping is left without its invalidation and
 //! no table page is reused while hardware may still walk it.
 
+pub mod domain;
 pub mod invalidation;
 pub mod pagetable;
 
+pub use domain::{Backend, Domain, DomainKind, Endpoint, Iommu, Stage, StageFormat, Target};
 pub use invalidation::{InvalidationRange, PendingInvalidation};

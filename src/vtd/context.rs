@@ -165,8 +165,9 @@ pub struct ScalableContextEntry(pub [u64; 4]);
 impl ScalableContextEntry {
     /// Points requests from the function at the PASID directory `directory` of `2^(pdts + 7)`
     /// entries; requests without a PASID use PASID `rid_pasid` (must be 0 unless ECAP.RPS).
-    /// DTE, PASIDE and PRE (device-TLB, PASID-tagged requests, page requests) stay off for now,
-    /// and faults are recorded (FPD=0).
+    /// PASIDE (PASID-tagged requests allowed) is set where the unit supports PASIDs
+    /// (ECAP.PASID): whether a PASID reaches a translation is then up to its PASID entry. DTE
+    /// and PRE (device-TLB, page requests) stay off, and faults are recorded (FPD=0).
     pub fn new(
         directory: PhysAddr,
         pdts: u8,
@@ -183,7 +184,8 @@ impl ScalableContextEntry {
                 value: ecap.0,
             });
         }
-        Ok(Self([directory.0 | u64::from(pdts) << 9 | 1, u64::from(rid_pasid.get()), 0, 0]))
+        let paside = if ecap.pasid() { 1 << 3 } else { 0 };
+        Ok(Self([directory.0 | u64::from(pdts) << 9 | paside | 1, u64::from(rid_pasid.get()), 0, 0]))
     }
 
     /// P.
@@ -605,9 +607,10 @@ mod tests {
 
     #[test]
     fn scalable_context_entry_encoding() {
+        // ECAP has PASID (bit 40), so PASIDE (bit 3) is set.
         let e =
             ScalableContextEntry::new(PhysAddr(0x7000), 2, Pasid::new(0).unwrap(), ECAP).unwrap();
-        assert_eq!(e.0, [0x7000 | context_pdts(2) | 1, 0, 0, 0]);
+        assert_eq!(e.0, [0x7000 | context_pdts(2) | 1 << 3 | 1, 0, 0, 0]);
         // RID_PASID other than 0 needs ECAP.RPS (bit 49).
         assert!(
             ScalableContextEntry::new(PhysAddr(0x7000), 2, Pasid::new(5).unwrap(), ECAP).is_err()
@@ -618,6 +621,10 @@ mod tests {
                 [1],
             5
         );
+        // PASIDE (bit 3, §9.4) follows ECAP.PASID (bit 40).
+        let no_pasid = ExtendedCapability(ECAP.0 & !(1 << 40));
+        let e = ScalableContextEntry::new(PhysAddr(0x7000), 2, Pasid::new(0).unwrap(), no_pasid);
+        assert_eq!(e.unwrap().0[0], 0x7000 | context_pdts(2) | 1);
     }
 
     #[test]

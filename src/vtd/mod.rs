@@ -7,6 +7,7 @@
 //! the [`descriptor`]s every change owes. [`remapping`] brings up every unit a DMAR reports and
 //! identity-maps its RMRRs before translation is enabled.
 
+pub mod backend;
 pub mod context;
 pub mod descriptor;
 pub mod fault;

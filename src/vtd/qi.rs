@@ -577,6 +577,29 @@ impl InvalidationQueue {
         }
     }
 
+    /// [`flush`](Self::flush) for a change reachable under several scopes (a first-stage
+    /// table attached at several PASIDs): the invalidations of every scope are issued, and
+    /// only when all completed are the emptied pages released. No scope: nothing is issued
+    /// and the pages are released at once, which is only right when no entry of this unit
+    /// points at the table (every attachment's removal already invalidated its translations).
+    pub fn flush_scopes<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        pending: PendingInvalidation,
+        scopes: impl IntoIterator<Item = FlushScope>,
+    ) -> Result<()> {
+        for scope in scopes {
+            if let Err(e) = self.flush_descriptors(platform, &pending, scope) {
+                leak(pending);
+                return Err(e);
+            }
+        }
+        // SAFETY: every scope under which this unit may have cached the table's translations
+        // was invalidated and waited for (as in `flush`), or there is none (see above).
+        unsafe { pending.complete(platform) };
+        Ok(())
+    }
+
     fn flush_descriptors<P: Platform + ?Sized>(
         &mut self,
         platform: &P,

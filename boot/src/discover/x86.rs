@@ -245,6 +245,7 @@ pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks, extra: super:
             crate::pcie::attach_guard(e, checks);
             if let Some((base, size)) = first_unit {
                 crate::pcie::alias_check_vtd(&ecam, e, &platform, base, size, checks);
+                crate::core_test::run(&ecam, e, &platform, base, size, checks);
             }
         }
         (super::Extra::Vtd, Some(e), Some((base, size))) => crate::vtd_test::run(&ecam, e, &platform, base, size, checks),
