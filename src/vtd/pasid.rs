@@ -63,6 +63,20 @@ pub enum PasidTranslation {
     },
     /// Pass-through (PGTT 4, needs ECAP.PT).
     PassThrough,
+    /// Nested (PGTT 3, needs ECAP.NEST with FLTS and SLTS): a guest's first-stage table at
+    /// guest-physical `first_root` (4 or 5 levels), every access of which, and every output,
+    /// goes through the hypervisor's second-stage table at `second_root` (`second_levels`
+    /// levels, AW per CAP.SAGAW). QEMU 10.0.2 offers no nesting (ECAP.NEST = 0).
+    Nested {
+        /// The guest's first-stage root, a guest-physical address.
+        first_root: u64,
+        /// 4 or 5.
+        first_levels: u8,
+        /// The second-stage root.
+        second_root: PhysAddr,
+        /// 3, 4 or 5.
+        second_levels: u8,
+    },
 }
 
 /// A PASID-table entry (§9.6), 512 bits.
@@ -88,22 +102,7 @@ impl PasidEntry {
                         value: ecap.0,
                     });
                 }
-                let fspm = match levels {
-                    4 => 0,
-                    5 if cap.fs5lp() => 1,
-                    5 => {
-                        return Err(Error::Unsupported {
-                            what: "VT-d CAP.FS5LP (5-level first stage)",
-                            value: cap.0,
-                        });
-                    }
-                    _ => {
-                        return Err(Error::InvalidField {
-                            what: "VT-d first-stage levels",
-                            value: u64::from(levels),
-                        });
-                    }
-                };
+                let fspm = first_stage_paging_mode(levels, cap)?;
                 if !root.is_aligned(PAGE_SIZE as u64) {
                     return Err(Error::Misaligned {
                         what: "VT-d first-stage root",
@@ -132,6 +131,30 @@ impl PasidEntry {
                 }
                 e[0] = root.0 | pgtt::SECOND_STAGE << 6 | u64::from(aw) << 2 | 1;
             }
+            PasidTranslation::Nested { first_root, first_levels, second_root, second_levels } => {
+                if !(ecap.nest() && ecap.flts() && ecap.slts()) {
+                    return Err(Error::Unsupported {
+                        what: "VT-d ECAP.NEST with FLTS and SLTS (nested translation)",
+                        value: ecap.0,
+                    });
+                }
+                let fspm = first_stage_paging_mode(first_levels, cap)?;
+                let aw = address_width(second_levels, cap)?;
+                for (what, addr) in [
+                    ("VT-d nested first-stage root", first_root),
+                    ("VT-d nested second-stage root", second_root.0),
+                ] {
+                    if addr % PAGE_SIZE as u64 != 0 || addr >> 52 != 0 {
+                        return Err(Error::Misaligned {
+                            what,
+                            value: addr,
+                            align: PAGE_SIZE as u64,
+                        });
+                    }
+                }
+                e[0] = second_root.0 | pgtt::NESTED << 6 | u64::from(aw) << 2 | 1;
+                e[2] = first_root | fspm << 2;
+            }
             PasidTranslation::PassThrough => {
                 if !ecap.pt() {
                     return Err(Error::Unsupported {
@@ -159,6 +182,17 @@ impl PasidEntry {
     /// PGTT.
     pub const fn pgtt(&self) -> u64 {
         (self.0[0] >> 6) & 7
+    }
+}
+
+/// FSPM for a first-stage table of `levels` levels: 0 for 4-level paging, 1 for 5-level
+/// (needs CAP.FS5LP).
+fn first_stage_paging_mode(levels: u8, cap: Capability) -> Result<u64> {
+    match levels {
+        4 => Ok(0),
+        5 if cap.fs5lp() => Ok(1),
+        5 => Err(Error::Unsupported { what: "VT-d CAP.FS5LP (5-level first stage)", value: cap.0 }),
+        _ => Err(Error::InvalidField { what: "VT-d first-stage levels", value: u64::from(levels) }),
     }
 }
 
@@ -395,6 +429,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.0[2], 0x1000 | flpm_bits(1));
+    }
+
+    #[test]
+    fn nested_pasid_entry_encoding() {
+        const PASID_ENTRY_PGTT_NESTED: u64 = 3;
+        // ECAP.NEST is bit 26, SLTS bit 46, FLTS bit 47.
+        let nest = ExtendedCapability(FL_ECAP.0 | 1 << 46 | 1 << 26);
+        let nested = PasidTranslation::Nested {
+            first_root: 0x4_5000,
+            first_levels: 4,
+            second_root: PhysAddr(0x10_3000),
+            second_levels: 4,
+        };
+        let e = PasidEntry::new(nested, 11, CAP, nest).unwrap();
+        assert_eq!(
+            e.0[..3],
+            [
+                0x10_3000 | pgtt_bits(PASID_ENTRY_PGTT_NESTED) | aw_bits(2) | 1,
+                11,
+                0x4_5000 | flpm_bits(0)
+            ]
+        );
+        // Each capability is needed.
+        for ecap in [FL_ECAP.0 | 1 << 46, FL_ECAP.0 | 1 << 26, SL_ECAP.0 | 1 << 26] {
+            let e = PasidEntry::new(nested, 11, CAP, ExtendedCapability(ecap)).unwrap_err();
+            assert!(matches!(e, Error::Unsupported { .. }), "{ecap:#x}: {e:?}");
+        }
+        let misaligned = PasidTranslation::Nested {
+            first_root: 0x4_5008,
+            first_levels: 4,
+            second_root: PhysAddr(0x10_3000),
+            second_levels: 4,
+        };
+        let e = PasidEntry::new(misaligned, 11, CAP, nest).unwrap_err();
+        assert!(matches!(e, Error::Misaligned { value: 0x4_5008, .. }), "{e:?}");
     }
 
     #[test]

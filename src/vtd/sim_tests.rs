@@ -297,7 +297,9 @@ fn pasid_directory_and_tables_are_indexed_by_pasid_bits() {
     let did = unit.allocate_domain_id().unwrap();
     let mem = p.memory().clone();
     for pasid in [0u32, 100, 0x7fff] {
-        let owed = unit.attach_pasid(&p, EDU, Pasid::new(pasid).unwrap(), did, PasidTranslation::PassThrough).unwrap();
+        let owed = unit
+            .attach_pasid(&p, EDU, Pasid::new(pasid).unwrap(), did, PasidTranslation::PassThrough)
+            .unwrap();
         unit.flush_tables(&p, owed).unwrap();
     }
     // Independently of the driver: context entry -> directory (8-byte entries, pasid[19:6]) ->
@@ -312,13 +314,58 @@ fn pasid_directory_and_tables_are_indexed_by_pasid_bits() {
         assert_eq!(de & 0xfff, 1, "PASID {pasid}: directory entry present");
         let pe = mem.read_u64((de & !0xfff) + 64 * u64::from(pasid & 0x3f)).unwrap();
         assert_eq!(pe & 0x1ff, 4 << 6 | 2 << 2 | 1, "PASID {pasid}: PGTT 4, AW 2, P");
-        assert_eq!(mem.read_u64((de & !0xfff) + 64 * u64::from(pasid & 0x3f) + 8), Some(u64::from(did)));
+        assert_eq!(
+            mem.read_u64((de & !0xfff) + 64 * u64::from(pasid & 0x3f) + 8),
+            Some(u64::from(did))
+        );
         tables.push(de & !0xfff);
     }
     tables.dedup();
     assert_eq!(tables.len(), 3, "one PASID table per 64 PASIDs, allocated on first use");
     assert_eq!(mem.read_u64(dir + 8 * 2), Some(0), "unused directory entries stay empty");
     // Beyond the one-page directory.
-    let e = unit.attach_pasid(&p, EDU, Pasid::new(0x8000).unwrap(), did, PasidTranslation::PassThrough);
+    let e =
+        unit.attach_pasid(&p, EDU, Pasid::new(0x8000).unwrap(), did, PasidTranslation::PassThrough);
     assert!(matches!(e, Err(Error::InvalidField { .. })));
+}
+
+#[test]
+fn nested_entry_translates_through_both_of_the_drivers_tables() {
+    // Scalable with FLTS, SLTS and NEST (ECAP bits 47, 46, 26), which QEMU 10.0.2 lacks.
+    let ecap = 0x0000_8900_00f0_0f4a | 1 << 46 | 1 << 26;
+    let (p, model, mut unit) =
+        setup(Config::qemu_scalable_first_stage().with_ecap(ecap), TableMode::Scalable);
+    let did = unit.allocate_domain_id().unwrap();
+    // The guest's first stage maps IOVA to guest-physical 0x4000_0000; its tables live in the
+    // model's memory, which the second stage maps 1:1 (guest-physical = host-physical there).
+    const GPA: u64 = 0x4000_0000;
+    let mut first = IoPageTable::new(&p, X86FirstStage::new(), 4, PageSizes::SIZE_4K).unwrap();
+    first.set_domain(u32::from(did));
+    let pending = first.map(&p, Iova(IOVA), PhysAddr(GPA), 0x1000, Perms::RW).unwrap();
+    unit.flush(&p, pending, FlushScope::PasidIotlb(Pasid::new(0).unwrap())).unwrap();
+    let mut second = IoPageTable::new(&p, VtdSecondStage::new(), 4, PageSizes::ALL).unwrap();
+    second.set_domain(u32::from(did));
+    let ram = crate::sim::vtd::Memory::DEFAULT_BASE;
+    for (iova, phys) in [(ram, ram), (GPA, TARGET)] {
+        let pending = second.map(&p, Iova(iova), PhysAddr(phys), 0x400_0000, Perms::RW).unwrap();
+        unit.flush(&p, pending, FlushScope::Iotlb).unwrap();
+    }
+    let nested = PasidTranslation::Nested {
+        first_root: first.root().0,
+        first_levels: 4,
+        second_root: second.root(),
+        second_levels: 4,
+    };
+    let owed = unit.attach_pasid(&p, EDU, Pasid::new(0).unwrap(), did, nested).unwrap();
+    unit.flush_tables(&p, owed).unwrap();
+    unit.set_translation(&p, true).unwrap();
+    let t = model.translate(rid(), None, IOVA + 0x10, true).unwrap();
+    assert_eq!((t.phys, t.kind, t.did), (TARGET + 0x10, TranslationKind::Nested, Some(did)));
+    assert!(model.errors().is_empty(), "{:?}", model.errors());
+
+    // Without NEST the entry is refused before anything is written.
+    let (p, _model, mut unit) = setup(Config::qemu_scalable_first_stage(), TableMode::Scalable);
+    let did = unit.allocate_domain_id().unwrap();
+    let e = unit.attach_pasid(&p, EDU, Pasid::new(0).unwrap(), did, nested).unwrap_err();
+    assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
 }
