@@ -222,7 +222,8 @@ pub enum EventOutcome {
     /// Written to the event queue at this index (without the wrap bit).
     Recorded(u32),
     /// Not recorded: a translation-related fault with CD.R (stage 1) or STE.S2R (stage 2)
-    /// clear; the transaction was terminated silently.
+    /// clear, or C_BAD_STREAMID with CR2.RECINVSID clear; the transaction was terminated
+    /// silently.
     Suppressed,
     /// Discarded: the queue was full (EVENTQ_PROD.OVFLG toggled if no overflow was active).
     Overflow,
@@ -344,7 +345,7 @@ pub(crate) struct Inner {
     shadow: Vec<u32>,
     pub(crate) cr0: u32,
     cr1: u32,
-    cr2: u32,
+    pub(crate) cr2: u32,
     pub(crate) gbpa: u32,
     pub(crate) irq_ctrl: u32,
     pub(crate) gerror: u32,

@@ -119,6 +119,14 @@ pub mod cr0 {
     pub const VMW: u32 = 0x7 << 6;
 }
 
+/// SMMU_CR2 (§6.3.12; Linux `CR2_*`).
+pub mod cr2 {
+    pub const E2H: u32 = 1 << 0;
+    /// Record C_BAD_STREAMID for StreamIDs outside the stream table.
+    pub const RECINVSID: u32 = 1 << 1;
+    pub const PTM: u32 = 1 << 2;
+}
+
 /// SMMU_GBPA (§6.3.14; Linux `GBPA_*`).
 pub mod gbpa {
     pub const UPDATE: u32 = 1 << 31;

@@ -158,6 +158,8 @@ impl Fix {
         let s = &self.smmu;
         s.write64(off::STRTAB_BASE, strtab);
         s.write32(off::STRTAB_BASE_CFG, strtab_cfg);
+        // RECINVSID (bit 1): record C_BAD_STREAMID, as Linux sets it.
+        s.write32(off::CR2, 1 << 1);
         s.write64(off::CMDQ_BASE, self.cmdq | u64::from(self.qs));
         s.write64(off::EVENTQ_BASE, self.evtq | u64::from(self.qs));
         let pri = self.smmu.config().pri();
@@ -436,6 +438,10 @@ fn two_level_stream_table_span_and_bad_streamid() {
     // The record: type 0x02 in bits 7:0, StreamID in 63:32, nothing else.
     assert_eq!(g.record(0), [0x02 | 0x1f8 << 32, 0, 0, 0]);
     assert_eq!(g.smmu.read32(off::EVENTQ_PROD), 1);
+    // Without CR2.RECINVSID the transaction is terminated silently.
+    g.smmu.write32(off::CR2, 0);
+    assert_eq!(g.fault_code(0x1f8, None, 0, Access::READ), Some((0x02, EventOutcome::Suppressed)));
+    assert_eq!(g.smmu.read32(off::EVENTQ_PROD), 1);
 }
 
 #[test]
@@ -626,15 +632,15 @@ fn substreams_with_a_two_level_cd_table() {
     assert_eq!((t.phys, t.asid), (pa, Some(5)));
     let t = f.smmu.translate(16, Some(200), 0x1000, Access::READ).unwrap();
     assert_eq!((t.phys, t.asid), (pb, Some(200)));
-    // L1 descriptor 1 invalid, SSID beyond 2^S1CDMax, and no SSID with S1DSS terminate: all
-    // C_BAD_SUBSTREAMID, with SSV and the SSID in the record.
+    // L1 descriptor 1 invalid and SSID beyond 2^S1CDMax: C_BAD_SUBSTREAMID, with SSV and the
+    // SSID in the record; no SSID with S1DSS terminate: F_STREAM_DISABLED (0x06).
     let Err(Termination::Fault(e)) = f.smmu.translate(16, Some(70), 0x1000, Access::READ) else {
         panic!()
     };
     assert_eq!((e.code, e.ssid), (0x08, Some(70)));
     assert_eq!(e.raw[0], 0x08 | 1 << 11 | 70 << 12 | 16 << 32);
     assert_eq!(f.fault_code(16, Some(256), 0x1000, Access::READ).unwrap().0, 0x08);
-    assert_eq!(f.fault_code(16, None, 0x1000, Access::READ).unwrap().0, 0x08);
+    assert_eq!(f.fault_code(16, None, 0x1000, Access::READ).unwrap().0, 0x06);
     // S1DSS bypass: no-SSID traffic skips stage 1.
     f.ste(17, ste_s1(l1, 8, 1, 1));
     assert_eq!(f.smmu.translate(17, None, pa, Access::READ).map(|t| t.stage), Ok(Stage::Bypass));
@@ -642,7 +648,10 @@ fn substreams_with_a_two_level_cd_table() {
     write8(&f.mem, l2a, cd(9, ra, true));
     f.ste(18, ste_s1(l1, 8, 1, 2));
     assert_eq!(f.smmu.translate(18, None, 0x1000, Access::READ).map(|t| t.asid), Ok(Some(9)));
-    assert_eq!(f.fault_code(18, Some(0), 0x1000, Access::READ).unwrap().0, 0x08);
+    assert_eq!(f.fault_code(18, Some(0), 0x1000, Access::READ).unwrap().0, 0x06);
+    // S1DSS 0b11 is reserved and behaves as terminate.
+    f.ste(20, ste_s1(l1, 8, 1, 3));
+    assert_eq!(f.fault_code(20, None, 0x1000, Access::READ).unwrap().0, 0x06);
     // A linear CD table (S1Fmt 0) with 4 CDs.
     let lin = f.mem.alloc_page().0;
     write8(&f.mem, lin + 3 * 64, cd(33, rb, true));
@@ -1050,6 +1059,29 @@ fn illegal_command_stops_the_queue_until_acknowledged() {
         assert_eq!(f.cons() & 0xfffff, f.smmu.read32(off::CMDQ_PROD));
     }
     let _ = status;
+}
+
+#[test]
+fn a_bad_command_can_be_skipped_by_moving_cons_with_the_queue_disabled() {
+    let f = Fix::new(Config::qemu_virt());
+    f.enable();
+    f.submit(&[[0x7f, 0], cmd_tlbi_nh_asid(0, 4)]);
+    assert_eq!(f.cons(), 1 << 24);
+    // CONS is writable only while CMDQEN is clear (and acknowledged).
+    f.smmu.write32(off::CR0, cr0::EVENTQEN | cr0::SMMUEN);
+    f.smmu.step();
+    assert_eq!(f.smmu.read32(off::CR0ACK) & cr0::CMDQEN, 0);
+    f.smmu.write32(off::CMDQ_CONS, 1);
+    f.smmu.write32(off::GERRORN, f.smmu.read32(off::GERROR));
+    f.smmu.step();
+    f.smmu.write32(off::CR0, cr0::CMDQEN | cr0::EVENTQEN | cr0::SMMUEN);
+    f.smmu.step();
+    assert_eq!(f.cons(), 2);
+    assert_eq!(
+        f.smmu.commands().last().unwrap().command,
+        Ok(Command::TlbiNhAsid { vmid: 0, asid: 4 })
+    );
+    assert!(f.smmu.errors().is_empty(), "{:?}", f.smmu.errors());
 }
 
 #[test]

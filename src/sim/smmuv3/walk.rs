@@ -230,7 +230,11 @@ impl Inner {
         let s = match self.ste_cache.get(&sid) {
             Some(s) => *s,
             None => {
-                let s = self.fetch_ste(sid).map_err(|f| Ok((f, true)))?;
+                // C_BAD_STREAMID is recorded only with CR2.RECINVSID (§6.3.12).
+                let recinvsid = self.cr2 & super::regs::cr2::RECINVSID != 0;
+                let s = self
+                    .fetch_ste(sid)
+                    .map_err(|f| Ok((f, f.code != event::C_BAD_STREAMID || recinvsid)))?;
                 self.ste_cache.insert(sid, s);
                 s
             }
@@ -264,13 +268,15 @@ impl Inner {
                 None => match s.s1dss {
                     ste::S1DSS_BYPASS => None,
                     ste::S1DSS_SSID0 => Some(0),
-                    _ => return Err(Ok((Fault::cfg(event::C_BAD_SUBSTREAMID), true))),
+                    // Terminate, and the reserved 0b11 which behaves as it.
+                    _ => return Err(Ok((Fault::cfg(event::F_STREAM_DISABLED), true))),
                 },
                 Some(x) if u64::from(x) >> s.s1cdmax != 0 => {
                     return Err(Ok((Fault::cfg(event::C_BAD_SUBSTREAMID), true)));
                 }
+                // With S1DSS = SSID0, substream 0 belongs to traffic without a substream.
                 Some(0) if s.s1dss == ste::S1DSS_SSID0 => {
-                    return Err(Ok((Fault::cfg(event::C_BAD_SUBSTREAMID), true)));
+                    return Err(Ok((Fault::cfg(event::F_STREAM_DISABLED), true)));
                 }
                 Some(x) => Some(x),
             }
@@ -464,9 +470,6 @@ impl Inner {
             if field(&w, ste::S1STALLD) != 0 && !self.cfg.stalls() {
                 return Err(bad);
             }
-            if s1cdmax != 0 && field(&w, ste::S1DSS) == 3 {
-                return Err(bad);
-            }
         }
         let el2 = self.cfg.hyp() && field(&w, ste::STRW) == ste::STRW_EL2;
         let s2 = if s2_on {
@@ -526,13 +529,13 @@ impl Inner {
 
     /// Reads 8 bytes at `addr`, an IPA when `s2` is given (nested: the CD and the stage-1
     /// tables live in the guest's IPA space, §3.4.1).
-    fn read_ipa(
+    fn read_ipa_at(
         &mut self,
         addr: u64,
         s2: Option<S2Cfg>,
         class: u8,
         code_on_abort: u8,
-    ) -> Result<u64, Fault> {
+    ) -> Result<(u64, u64), Fault> {
         let pa = match s2 {
             Some(c) => {
                 let (leaf, perm) = self.walk_s2(&c, addr, class)?;
@@ -548,7 +551,17 @@ impl Inner {
             }
             None => addr,
         };
-        self.mem.read_u64(pa).ok_or(Fault::fetch(code_on_abort, pa))
+        self.mem.read_u64(pa).map(|v| (v, pa)).ok_or(Fault::fetch(code_on_abort, pa))
+    }
+
+    fn read_ipa(
+        &mut self,
+        addr: u64,
+        s2: Option<S2Cfg>,
+        class: u8,
+        code_on_abort: u8,
+    ) -> Result<u64, Fault> {
+        self.read_ipa_at(addr, s2, class, code_on_abort).map(|(v, _)| v)
     }
 
     /// Locates and decodes CD `idx` for `sid` (§3.4.2, §5.4).
@@ -654,7 +667,7 @@ impl Inner {
             let index =
                 (va >> shift) & if level == start { (1u64 << (ias - shift)) - 1 } else { 511 };
             let at = table + index * 8;
-            let d = self.read_ipa(at, s2, event::CLASS_TT, event::F_WALK_EABT)?;
+            let (d, at_pa) = self.read_ipa_at(at, s2, event::CLASS_TT, event::F_WALK_EABT)?;
             if d & 1 == 0 {
                 return Err(Fault::s1(event::F_TRANSLATION));
             }
@@ -682,7 +695,7 @@ impl Inner {
             if d & 0x400 == 0 {
                 if c.ha && self.cfg.httu() != 0 {
                     // Hardware access-flag update: write AF back (at the descriptor's PA).
-                    let _ = self.mem.write_u64(at, d | 0x400);
+                    let _ = self.mem.write_u64(at_pa, d | 0x400);
                 } else if !c.affd {
                     return Err(Fault::s1(event::F_ACCESS));
                 }
@@ -786,11 +799,7 @@ impl Inner {
             _ if f.stage2 => raw[3] = f.extra & bits(51, 12),
             _ => {}
         }
-        let outcome = if translation_related && !record {
-            EventOutcome::Suppressed
-        } else {
-            self.write_event(raw)
-        };
+        let outcome = if !record { EventOutcome::Suppressed } else { self.write_event(raw) };
         let e = Event {
             code: f.code,
             sid,
