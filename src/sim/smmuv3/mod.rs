@@ -46,6 +46,13 @@
 //! command: a test can assert that the entry was written before its CFGI, the CFGI came before
 //! the TLBI, and both before the CMD_SYNC the driver waited for.
 //!
+//! The caches behave like hardware's, so the order of a driver's updates is observable:
+//! STEs and CDs are cached per StreamID (and CD index) until a CFGI covers them (a CMD_PREFETCH
+//! may cache an STE early); leaf translations are cached until a TLBI covers them, tagged by
+//! VMID (STE.S2VMID, also for stage-1-only streams when stage 2 is implemented), ASID (a page
+//! without nG matches every ASID) and the EL2 regime, not by StreamID: two streams that share
+//! an ASID and VMID share translations, as they would on hardware.
+//!
 //! # What a plain-memory window can and cannot see
 //!
 //! A store is visible only if it changes the dword. For the SMMUv3 interface that is enough:

@@ -810,7 +810,7 @@ impl Inner {
             privileged: access.privileged,
             instruction: access.instruction,
             stage2: f.stage2,
-            class: f.class,
+            class: if f.stage2 { f.class } else { 0 },
             raw,
             outcome,
         };
