@@ -185,6 +185,25 @@ pub enum ModelError {
         /// The address.
         address: u64,
     },
+    /// STRTAB_BASE_CFG.FMT selects a format the SMMU lacks (2-level without IDR0.ST_LEVEL, or
+    /// a reserved value); the model walks a linear table.
+    StreamTableFormatUnsupported {
+        /// The value written.
+        value: u32,
+    },
+    /// CMD_PRI_RESP whose PASID does not match what the device expects (§8.1, STE.PPAR with
+    /// IDR3.PPS clear): the group's PASID when the request had one and STE.PPAR is set, none
+    /// otherwise. The response is still recorded.
+    PriResponsePasidMismatch {
+        /// StreamID.
+        sid: u32,
+        /// Page request group index.
+        prgi: u16,
+        /// The PASID the response should carry.
+        expected: Option<u32>,
+        /// The PASID it carried.
+        got: Option<u32>,
+    },
     /// CMD_PRI_RESP for a (StreamID, PRGI) with no page request group awaiting a response:
     /// never injected, already answered, answered automatically on overflow, or its Last
     /// request not yet delivered.
@@ -860,7 +879,16 @@ impl Inner {
             }
             off::STRTAB_BASE => Self::set_lo(&mut self.strtab_base, v & 0xffff_ffc0),
             0x84 => Self::set_hi(&mut self.strtab_base, v & (0x000f_ffff | 1 << 30)),
-            off::STRTAB_BASE_CFG => self.strtab_cfg = v & 0x3_07ff,
+            off::STRTAB_BASE_CFG => {
+                let fmt = (v >> regs::strtab::FMT_SHIFT) & 3;
+                if fmt > regs::strtab::FMT_2LVL
+                    || (fmt == regs::strtab::FMT_2LVL && !self.cfg.two_level_strtab())
+                {
+                    // The model then walks a linear table.
+                    self.errors.push(ModelError::StreamTableFormatUnsupported { value: v });
+                }
+                self.strtab_cfg = v & 0x3_07ff;
+            }
             off::CMDQ_BASE | 0x94 | off::CMDQ_CONS if enabled(cr0::CMDQEN) => {
                 qerr(&mut self.errors)
             }

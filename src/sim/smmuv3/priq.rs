@@ -205,6 +205,22 @@ impl Inner {
         if !waiting {
             self.errors.push(ModelError::UnexpectedPriResponse { sid, ssid, prgi });
         }
+        // The PASID the endpoint expects on the response (§8.1: STE.PPAR mirrors the
+        // function's "PRG Response PASID Required"), checked when the STE can be read.
+        if let Some(g) = group
+            && !self.cfg.pps()
+            && let Ok(ste) = self.fetch_ste(sid)
+        {
+            let expected = if ste.ppar { g.ssid } else { None };
+            if expected != ssid {
+                self.errors.push(ModelError::PriResponsePasidMismatch {
+                    sid,
+                    prgi,
+                    expected,
+                    got: ssid,
+                });
+            }
+        }
         self.pri.responses.push(PriResponse {
             sid,
             ssid,

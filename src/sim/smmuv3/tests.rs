@@ -1355,3 +1355,78 @@ fn page_requests_need_pri_and_an_enabled_queue() {
     let o = g.smmu.inject_page_request(request(1, None, 0, true, 0));
     assert!(matches!(o, PriOutcome::QueueDisabled(Some(_))), "{o:?}");
 }
+
+#[test]
+fn pri_responses_must_carry_the_pasid_the_ste_says_the_device_expects() {
+    let f = Fix::new(Config::full());
+    f.enable();
+    let mut with_ppar = ste_config(0b100);
+    with_ppar[1] |= 1 << 18;
+    f.ste(0x30, ste_config(0b100));
+    f.ste(0x31, with_ppar);
+    for sid in [0x30, 0x31] {
+        f.smmu.inject_page_request(request(sid, Some(9), 1, true, 0x1000));
+    }
+    // PPAR clear: no PASID expected; PPAR set: the request's PASID expected.
+    f.submit(&[cmd_pri_resp(0x30, Some(9), 1, 2), cmd_pri_resp(0x31, None, 1, 2)]);
+    assert_eq!(
+        f.smmu.take_errors(),
+        vec![
+            ModelError::PriResponsePasidMismatch {
+                sid: 0x30,
+                prgi: 1,
+                expected: None,
+                got: Some(9)
+            },
+            ModelError::PriResponsePasidMismatch {
+                sid: 0x31,
+                prgi: 1,
+                expected: Some(9),
+                got: None
+            },
+        ]
+    );
+    // Both groups count as answered (the device got a response, with the wrong prefix).
+    assert!(f.smmu.outstanding_page_request_groups().is_empty());
+    f.smmu.inject_page_request(request(0x31, Some(9), 2, true, 0x1000));
+    f.submit(&[cmd_pri_resp(0x31, Some(9), 2, 0)]);
+    assert!(f.smmu.errors().is_empty(), "{:?}", f.smmu.errors());
+}
+
+#[test]
+fn two_level_stream_table_needs_st_level() {
+    let cfg = Config::full();
+    let linear_only = cfg.idr[0] & !(3 << 27);
+    let f = Fix::new(cfg.with_idr(0, linear_only));
+    f.smmu.write32(off::STRTAB_BASE_CFG, 1 << 16 | 8 << 6 | 16);
+    f.smmu.step();
+    assert_eq!(
+        f.smmu.take_errors(),
+        vec![ModelError::StreamTableFormatUnsupported { value: 1 << 16 | 8 << 6 | 16 }]
+    );
+}
+
+#[test]
+fn hardware_access_flag_update_with_httu() {
+    let cfg = Config::full();
+    // IDR0.HTTU (7:6) = 0b01: access flag.
+    let idr0 = cfg.idr[0] | 1 << 6;
+    let f = Fix::new(cfg.with_idr(0, idr0));
+    f.enable();
+    let root = f.mem.alloc_page().0;
+    let cdt = f.mem.alloc_page().0;
+    let mut c = cd(1, root, true);
+    c[0] |= 1 << 43; // HA
+    write8(&f.mem, cdt, c);
+    f.ste(8, ste_s1(cdt, 0, 0, 0));
+    let leaf = map(&f.mem, root, 4, 0x1000, 0x2000, 3, AP_USER);
+    assert!(f.smmu.translate(8, None, 0x1000, Access::READ).is_ok());
+    assert_eq!(f.mem.read_u64(leaf).unwrap() & AF, AF, "AF set by the SMMU");
+    // Without HTTU, CD.HA is ILLEGAL (C_BAD_CD).
+    let g = Fix::new(Config::full());
+    g.enable();
+    let gcd = g.mem.alloc_page().0;
+    write8(&g.mem, gcd, c);
+    g.ste(8, ste_s1(gcd, 0, 0, 0));
+    assert_eq!(g.fault_code(8, None, 0x1000, Access::READ).unwrap().0, 0x0a);
+}
