@@ -65,13 +65,32 @@
 //! store that also hits a read-only neighbour (CR0 with CR0ACK) is seen as a write to the
 //! read-only dword and recorded as [`ModelError::ReadOnlyWrite`].
 //!
+//! # Choices where the specification leaves room, and QEMU differences
+//!
+//! - Range fields (TG, NUM, SCALE) in a TLBI without IDR3.RIL, and commands for features the
+//!   configuration lacks (EL2 without HYP, PRI_RESP without PRI, ATC_INV without ATS,
+//!   CFGI_CD / TLBI_NH_* without stage 1, S2 TLBIs without stage 2), are CERROR_ILL. So are
+//!   the Secure-only EL3 TLBIs and CFGI_VMS_PIDM (0x07). CMDQ_CONS.ERR keeps the last error
+//!   code after the queue restarts; read it only while GERROR.CMDQ_ERR is active.
+//! - CFGI_STE also drops the CDs cached through the StreamID (§4.3.1); TLBI_S2_IPA drops only
+//!   stage-2-only entries, so combined stage 1+2 entries need TLBI_NH_ALL or TLBI_S12_VMALL.
+//! - C_BAD_STREAMID is recorded only with CR2.RECINVSID (§6.3.12; Linux sets it).
+//! - An STE with stage 2 and S2AA64 = 0 is C_BAD_STE and [`ModelError::Stage2AArch32`] (QEMU
+//!   10.0.2 aborts). A CD with A = 0 translates (TERM_MODEL = 1 ignores A) and is recorded as
+//!   [`ModelError::CdAbortClear`] (QEMU reports C_BAD_CD). Translation-related faults follow CD.R
+//!   and STE.S2R as in QEMU. QEMU's CMD_SYNC never writes an MSI (its IDR0.MSI is 0), which
+//!   [`Config::qemu_virt`] reproduces: CS = SIG_IRQ pulses the wired line.
+//! - PRI: an automatic response (overflow, or the queue disabled) follows §8.1; a driver
+//!   CMD_PRI_RESP is checked against the groups delivered ([`ModelError::UnexpectedPriResponse`])
+//!   and against STE.PPAR ([`ModelError::PriResponsePasidMismatch`]).
+//!
 //! # Not modelled
 //!
 //! 16 KiB and 64 KiB granules (STEs and CDs using them are treated as ILLEGAL and recorded as
 //! [`ModelError::UnmodelledGranule`]), AArch32 tables, big-endian tables, TBI, stalls (the
 //! presets have STALL_MODEL = no stall; CMD_RESUME and CMD_STALL_TERM are logged and do
-//! nothing), hardware access-flag and dirty updates (HTTU is 0 in the presets; with HTTU the
-//! access flag is set), BTM, ATS translation requests (CMD_ATC_INV is logged), the walk
+//! nothing), hardware dirty-state updates (HTTU is 0 in the presets; with HTTU and CD.HA or
+//! STE.S2HA the access flag is set), BTM, memory attributes (MAIR, S2MemAttr, CR1), ATS translation requests (CMD_ATC_INV is logged), the walk
 //! cache (only leaf translations are cached; the Leaf hint of invalidations is logged),
 //! Secure and Realm state, MPAM, the VMS, and event merging. One DMA call makes at most one
 //! event (QEMU makes one per faulting 4-byte chunk, qemu notes §2.7). TLB entries are never
@@ -333,10 +352,11 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
-    /// log2 of the entries: BASE.LOG2SIZE capped at the IDR1 maximum (§6.3.25).
+    /// log2 of the entries: BASE.LOG2SIZE capped at the IDR1 maximum (§6.3.25), which is at
+    /// most 19 (a configuration claiming more is capped too).
     pub(crate) fn log2size(&self, max: u32) -> u32 {
         // CAST: a 5-bit field.
-        ((self.base & queue::BASE_LOG2SIZE_MASK) as u32).min(max)
+        ((self.base & queue::BASE_LOG2SIZE_MASK) as u32).min(max).min(19)
     }
     pub(crate) fn addr(&self) -> u64 {
         self.base & queue::BASE_ADDR_MASK
