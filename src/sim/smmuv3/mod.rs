@@ -198,8 +198,8 @@ pub enum ModelError {
         /// The StreamID.
         sid: u32,
     },
-    /// An MSI (a CMD_SYNC completion or an interrupt) to an address outside [`Memory`]; the
-    /// model logs it in [`Smmu::interrupts`] and writes nothing.
+    /// A CMD_SYNC completion MSI to an address outside [`Memory`]: the write aborts
+    /// (GERROR.MSI_CMDQ_ABT_ERR); the interrupt is still logged in [`Smmu::interrupts`].
     MsiUnmapped {
         /// The address.
         address: u64,
@@ -958,15 +958,14 @@ impl Inner {
     /// address is non-zero (written to [`Memory`] if it lies there), else the wired line.
     pub(crate) fn interrupt(&mut self, kind: InterruptKind, address: u64, data: u32) {
         let msi = (self.cfg.msi() && address != 0).then_some((address, data));
+        // An MSI doorbell outside memory (an interrupt controller) is normal; only a CMD_SYNC's
+        // MSI, which software polls in memory, is expected to land there.
         if let Some((a, d)) = msi
             && !self.mem.write_u32(a, d)
-            && !self.mem.is_mapped(a, 0)
+            && kind == InterruptKind::CmdSync
         {
-            // An MSI doorbell outside memory (an interrupt controller) is normal; record it
-            // only for CMD_SYNC, whose MSI software polls in memory.
-            if kind == InterruptKind::CmdSync {
-                self.errors.push(ModelError::MsiUnmapped { address: a });
-            }
+            self.errors.push(ModelError::MsiUnmapped { address: a });
+            self.raise_gerror(gerror::MSI_CMDQ_ABT_ERR);
         }
         self.interrupts.push(Interrupt { kind, msi });
     }

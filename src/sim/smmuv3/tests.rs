@@ -785,6 +785,14 @@ fn stale_translations_until_tlbi_tagged_by_asid() {
     f.mem.write_u64(leaf, 0);
     f.submit(&[cmd_tlbi_nh_va(0, 77, 0x5000)]);
     assert!(f.smmu.translate(8, None, 0x5000, Access::READ).is_err());
+    // TLBI_NH_ALL for VMID 0 (the S2VMID of a stage-1-only STE) clears it too.
+    f.mem.write_u64(leaf, b | PAGE | AF | AP_USER);
+    assert!(f.smmu.translate(8, None, 0x5000, Access::READ).is_ok());
+    f.mem.write_u64(leaf, 0);
+    f.submit(&[[0x10 | 1 << 32, 0]]);
+    assert!(f.smmu.translate(8, None, 0x5000, Access::READ).unwrap().cached, "other VMID");
+    f.submit(&[[0x10, 0]]);
+    assert!(f.smmu.translate(8, None, 0x5000, Access::READ).is_err());
     // TLBI_NSNH_ALL clears everything.
     f.mem.write_u64(leaf, b | PAGE | AF | AP_USER);
     assert!(f.smmu.translate(8, None, 0x5000, Access::READ).is_ok());
@@ -897,6 +905,12 @@ fn stale_configuration_until_cfgi() {
         f.smmu.translate(8, None, 0x5000, Access::READ).map(|t| (t.asid, t.phys)),
         Ok((Some(3), 0x6000))
     );
+    // CFGI_STE_RANGE with Range 3 covers the aligned 16 StreamIDs 0..=15 only.
+    f.ste(20, ste_config(0b100));
+    assert!(f.smmu.translate(20, None, 0x5000, Access::READ).is_ok());
+    f.submit(&[[0x04 | 9 << 32, 3]]);
+    assert_eq!((f.smmu.cached_ste(8), f.smmu.cached_ste(20).is_some()), (None, true));
+    assert!(f.smmu.translate(8, None, 0x5000, Access::READ).is_ok());
     // CFGI_ALL empties both caches.
     assert!(f.smmu.ste_cache_len() > 0 && f.smmu.cd_cache_len() > 0);
     f.submit(&[cmd_cfgi_all()]);
@@ -1185,6 +1199,21 @@ fn event_queue_overflow_and_wrap() {
     f.smmu.write32(off::CR0, cr0::CMDQEN | cr0::SMMUEN);
     let _ = f.smmu.translate(0x106, None, 0, Access::READ);
     assert_eq!(f.smmu.events().last().unwrap().outcome, EventOutcome::QueueDisabled);
+}
+
+#[test]
+fn event_write_abort_and_unmapped_sync_msi() {
+    let f = Fix { evtq: 0x7000_0000, ..Fix::new(Config::full()) };
+    f.enable();
+    let Err(Termination::Fault(e)) = f.smmu.translate(0x1ff, None, 0, Access::READ) else {
+        panic!()
+    };
+    assert_eq!(e.outcome, EventOutcome::Aborted);
+    assert_eq!(f.smmu.read32(off::GERROR), gerror::EVENTQ_ABT_ERR);
+    f.submit(&[cmd_sync(1, 1, 0x7100_0000)]);
+    assert_eq!(f.smmu.take_errors(), vec![ModelError::MsiUnmapped { address: 0x7100_0000 }]);
+    assert_eq!(f.smmu.read32(off::GERROR), gerror::EVENTQ_ABT_ERR | gerror::MSI_CMDQ_ABT_ERR);
+    assert_eq!(f.cons(), 1, "the CMD_SYNC completed anyway");
 }
 
 #[test]
