@@ -79,7 +79,9 @@
 //!   10.0.2 aborts). A CD with A = 0 translates (TERM_MODEL = 1 ignores A) and is recorded as
 //!   [`ModelError::CdAbortClear`] (QEMU reports C_BAD_CD). Translation-related faults follow CD.R
 //!   and STE.S2R as in QEMU. QEMU's CMD_SYNC never writes an MSI (its IDR0.MSI is 0), which
-//!   [`Config::qemu_virt`] reproduces: CS = SIG_IRQ pulses the wired line.
+//!   [`Config::qemu_virt`] reproduces: CS = SIG_IRQ pulses the wired line. An event queue
+//!   overflow toggles EVENTQ_PROD.OVFLG (§7.4) where QEMU raises GERROR.EVENTQ_ABT_ERR, and
+//!   STRTAB_BASE_CFG.FMT takes effect as written (QEMU keeps 2-level once set).
 //! - PRI: an automatic response (overflow, or the queue disabled) follows §8.1; a driver
 //!   CMD_PRI_RESP is checked against the groups delivered ([`ModelError::UnexpectedPriResponse`])
 //!   and against STE.PPAR ([`ModelError::PriResponsePasidMismatch`]).

@@ -245,6 +245,129 @@ fn s1_setup(f: &Fix, sid: u32, asid: u16) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Registers.
 
+/// The model's layout constants against Linux's `arm-smmu-v3.h` definitions, typed here from
+/// the header (`GENMASK(h, l)` written as (dword, l, h - l + 1) for STE/CD fields).
+#[test]
+fn layout_constants_match_linux_definitions() {
+    use super::regs::{cd, event, op, priq, queue, ste};
+    // ARM_SMMU_* offsets; EVTQ/PRIQ PROD/CONS are page-1 relative there.
+    assert_eq!(
+        [
+            off::CR0,
+            off::GBPA,
+            off::IRQ_CTRL,
+            off::GERROR,
+            off::GERRORN,
+            off::STRTAB_BASE,
+            off::STRTAB_BASE_CFG
+        ],
+        [0x20, 0x44, 0x50, 0x60, 0x64, 0x80, 0x88]
+    );
+    assert_eq!(
+        [off::CMDQ_BASE, off::CMDQ_PROD, off::CMDQ_CONS, off::EVENTQ_BASE, off::PRIQ_BASE],
+        [0x90, 0x98, 0x9c, 0xa0, 0xc0]
+    );
+    assert_eq!(
+        [off::EVENTQ_PROD, off::EVENTQ_CONS, off::PRIQ_PROD, off::PRIQ_CONS],
+        [0x10000 + 0xa8, 0x10000 + 0xac, 0x10000 + 0xc8, 0x10000 + 0xcc]
+    );
+    assert_eq!(
+        [off::EVENTQ_IRQ_CFG0, off::PRIQ_IRQ_CFG0, off::GERROR_IRQ_CFG0],
+        [0xb0, 0xd0, 0x68]
+    );
+    // STRTAB_STE_0_CFG GENMASK(3, 1), S1FMT (5, 4), S1CDMAX (63, 59); STE_1_S1DSS (1, 0),
+    // EATS (29, 28), STRW (31, 30); STE_2_S2VMID (15, 0), VTCR at 32 (S2T0SZ 5:0, S2SL0 7:6,
+    // S2TG 15:14, S2PS 18:16), S2AA64 51, S2ENDI 52, S2S 57, S2R 58.
+    assert_eq!([ste::CONFIG, ste::S1FMT, ste::S1CDMAX], [(0, 1, 3), (0, 4, 2), (0, 59, 5)]);
+    assert_eq!([ste::S1DSS, ste::EATS, ste::STRW], [(1, 0, 2), (1, 28, 2), (1, 30, 2)]);
+    assert_eq!(
+        [ste::S2VMID, ste::S2T0SZ, ste::S2SL0, ste::S2TG, ste::S2PS],
+        [(2, 0, 16), (2, 32, 6), (2, 38, 2), (2, 46, 2), (2, 48, 3)]
+    );
+    assert_eq!(
+        [ste::S2AA64, ste::S2ENDI, ste::S2S, ste::S2R],
+        [(2, 51, 1), (2, 52, 1), (2, 57, 1), (2, 58, 1)]
+    );
+    // CTXDESC_CD_0_*: T0SZ (5, 0), TG0 (7, 6), EPD0 14, ENDI 15, EPD1 30, V 31, IPS (34, 32),
+    // AA64 41, HD 42, HA 43, S 44, R 45, A 46, ASET 47, ASID (63, 48).
+    assert_eq!(
+        [cd::T0SZ, cd::TG0, cd::EPD0, cd::ENDI, cd::EPD1, cd::V],
+        [(0, 0, 6), (0, 6, 2), (0, 14, 1), (0, 15, 1), (0, 30, 1), (0, 31, 1)]
+    );
+    assert_eq!(
+        [cd::IPS, cd::AA64, cd::HD, cd::HA, cd::S, cd::R, cd::A, cd::ASET],
+        [
+            (0, 32, 3),
+            (0, 41, 1),
+            (0, 42, 1),
+            (0, 43, 1),
+            (0, 44, 1),
+            (0, 45, 1),
+            (0, 46, 1),
+            (0, 47, 1)
+        ]
+    );
+    assert_eq!(cd::ASID, (0, 48, 16));
+    // CMDQ_OP_*.
+    assert_eq!(
+        [op::PREFETCH_CONFIG, op::CFGI_STE, op::CFGI_STE_RANGE, op::CFGI_CD, op::CFGI_CD_ALL],
+        [0x1, 0x3, 0x4, 0x5, 0x6]
+    );
+    assert_eq!(
+        [
+            op::TLBI_NH_ALL,
+            op::TLBI_NH_ASID,
+            op::TLBI_NH_VA,
+            op::TLBI_NH_VAA,
+            op::TLBI_EL2_ALL,
+            op::TLBI_EL2_ASID,
+            op::TLBI_EL2_VA
+        ],
+        [0x10, 0x11, 0x12, 0x13, 0x20, 0x21, 0x22]
+    );
+    assert_eq!(
+        [
+            op::TLBI_S12_VMALL,
+            op::TLBI_S2_IPA,
+            op::TLBI_NSNH_ALL,
+            op::ATC_INV,
+            op::PRI_RESP,
+            op::RESUME,
+            op::CMD_SYNC
+        ],
+        [0x28, 0x2a, 0x30, 0x40, 0x41, 0x44, 0x46]
+    );
+    // CMDQ_CONS_ERR GENMASK(30, 24), CERROR_ILL/ABT 1/2; Q_OVERFLOW_FLAG bit 31.
+    assert_eq!(
+        (queue::ERR_MASK, queue::CERROR_ILL, queue::CERROR_ABT, queue::OVFLG),
+        (0x7f << 24, 1, 2, 1 << 31)
+    );
+    // EVT_ID_* and EVTQ_0/1 fields.
+    assert_eq!(
+        [
+            event::C_BAD_STREAMID,
+            event::C_BAD_STE,
+            event::F_STREAM_DISABLED,
+            event::C_BAD_SUBSTREAMID,
+            event::C_BAD_CD
+        ],
+        [0x02, 0x04, 0x06, 0x08, 0x0a]
+    );
+    assert_eq!(
+        [event::F_TRANSLATION, event::F_ADDR_SIZE, event::F_ACCESS, event::F_PERMISSION],
+        [0x10, 0x11, 0x12, 0x13]
+    );
+    assert_eq!(
+        (event::SSV, event::PNU, event::IND, event::RNW, event::S2),
+        (1 << 11, 1 << 33, 1 << 34, 1 << 35, 1 << 39)
+    );
+    // PRIQ_0_*.
+    assert_eq!(
+        (priq::PRIV, priq::EXEC, priq::READ, priq::WRITE, priq::LAST, priq::SSV),
+        (1 << 58, 1 << 59, 1 << 60, 1 << 61, 1 << 62, 1 << 63)
+    );
+}
+
 #[test]
 fn reset_state_and_id_registers_follow_the_qemu_preset() {
     let f = Fix::new(Config::qemu_virt());
