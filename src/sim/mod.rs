@@ -8,6 +8,7 @@
 extern crate std;
 
 pub mod pci;
+pub mod smmuv3;
 pub mod vtd;
 
 pub use pci::Topology;

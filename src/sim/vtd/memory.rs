@@ -1,6 +1,7 @@
 //! Simulated physical memory shared by a test [`SimPlatform`] (which hands DMA pages to the
-//! driver) and the remapping-unit model (which reads tables and queues from it and writes wait
-//! statuses and A/D bits into it).
+//! driver) and the unit models (which read tables and queues from it and write wait statuses,
+//! event records and A/D bits into it). The SMMUv3 model (`sim::smmuv3`) uses the same memory
+//! and platform: any [`SimUnit`] can be attached.
 //!
 //! Each allocation is a separate host buffer at a made-up physical address, with an unmapped
 //! guard page after it: an access the model makes outside every allocation fails, which the
@@ -20,6 +21,29 @@ use crate::error::{Error, Result};
 use crate::hal::{DmaPages, Instant, PAGE_SIZE, Platform};
 
 use super::RemappingUnit;
+
+/// A modelled unit whose registers live in a host-memory window: [`SimPlatform`] maps the
+/// window for the driver and steps the unit while the driver polls.
+pub trait SimUnit: core::fmt::Debug {
+    /// Processes what the driver wrote since the last step and publishes the registers.
+    fn step(&self);
+    /// Host address of the register window.
+    fn window(&self) -> NonNull<u8>;
+    /// Size of the register window in bytes.
+    fn window_size(&self) -> usize;
+}
+
+impl SimUnit for RemappingUnit {
+    fn step(&self) {
+        RemappingUnit::step(self);
+    }
+    fn window(&self) -> NonNull<u8> {
+        RemappingUnit::window(self)
+    }
+    fn window_size(&self) -> usize {
+        RemappingUnit::window_size(self)
+    }
+}
 
 /// One host buffer standing in for a physically contiguous range.
 #[derive(Debug)]
@@ -180,15 +204,15 @@ impl Memory {
 }
 
 /// A [`Platform`] for host tests: DMA pages come from a [`Memory`], `map_mmio` returns the
-/// register window of an attached [`RemappingUnit`], and [`relax`](Platform::relax) (called
-/// by [`crate::hal::poll`] between polls) steps every attached unit, so the driver's bounded
-/// waits make the model progress without threads.
+/// register window of an attached unit ([`RemappingUnit`], the SMMUv3 model, any [`SimUnit`]),
+/// and [`relax`](Platform::relax) (called by [`crate::hal::poll`] between polls) steps every
+/// attached unit, so the driver's bounded waits make the model progress without threads.
 ///
 /// The clock advances by a fixed tick on every [`now`](Platform::now) read.
 #[derive(Debug)]
 pub struct SimPlatform {
     memory: Memory,
-    units: RefCell<Vec<(PhysAddr, RemappingUnit)>>,
+    units: RefCell<Vec<(PhysAddr, Rc<dyn SimUnit>)>>,
     clock: Cell<u64>,
     tick_ns: Cell<u64>,
     auto_step: Cell<bool>,
@@ -209,9 +233,10 @@ impl SimPlatform {
         }
     }
 
-    /// Places `unit`'s register window at physical `base` for [`Platform::map_mmio`].
-    pub fn attach(&self, base: PhysAddr, unit: &RemappingUnit) {
-        self.units.borrow_mut().push((base, unit.clone()));
+    /// Places `unit`'s register window at physical `base` for [`Platform::map_mmio`]; the
+    /// platform keeps a clone of the handle and steps it from `relax`.
+    pub fn attach<U: SimUnit + Clone + 'static>(&self, base: PhysAddr, unit: &U) {
+        self.units.borrow_mut().push((base, Rc::new(unit.clone())));
     }
 
     /// The memory DMA pages come from.

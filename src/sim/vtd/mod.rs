@@ -74,7 +74,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::vec::Vec;
 
-pub use memory::{Memory, SimPlatform};
+pub use memory::{Memory, SimPlatform, SimUnit};
 pub use qi::{
     CcGranularity, Descriptor, IotlbGranularity, LoggedDescriptor, PasidCacheGranularity,
     PasidIotlbGranularity, Source,
