@@ -413,6 +413,33 @@ pub enum Error {
         /// RMRR structures the DMAR reports.
         rmrrs: usize,
     },
+    /// Page requests were asked for a function whose PF (or the function itself, without
+    /// SR-IOV) has no PRI capability, such as QEMU's igb and its VFs: a VF has none of its own
+    /// and can only use its PF's (PCIe Base 6.0 §9.3.7.11).
+    PriUnavailable {
+        /// The function whose PRI was looked for (the PF of a VF).
+        pf: crate::addr::Bdf,
+    },
+    /// The PF's PRI/PASID configuration is pinned by its current users (the PF itself and its
+    /// VFs): it cannot be changed until the last of them lets go.
+    PriPinned {
+        /// The PF.
+        pf: crate::addr::Bdf,
+        /// Users holding it.
+        users: u16,
+        /// What could not change (for example `"PASID Control"`).
+        what: &'static str,
+    },
+    /// A PRI allocation would overrun an IOMMU's page request queue: the allocations of all
+    /// PRI functions under one IOMMU sum to at most the queue's capacity.
+    PriBudgetExceeded {
+        /// The IOMMU, as the caller identified it.
+        iommu: u32,
+        /// Outstanding page requests asked for.
+        requested: u32,
+        /// What is left of the queue's capacity.
+        available: u32,
+    },
 }
 
 impl fmt::Display for Error {
@@ -459,7 +486,10 @@ impl fmt::Display for Error {
                 write!(f, "cannot map MMIO {base:#x}+{size:#x}")
             }
             Error::MmioOutOfRange { offset, width, len } => {
-                write!(f, "MMIO access of {width} bytes at {offset:#x} outside a {len:#x}-byte region")
+                write!(
+                    f,
+                    "MMIO access of {width} bytes at {offset:#x} outside a {len:#x}-byte region"
+                )
             }
             Error::Timeout { what, waited_us } => write!(f, "{what}: no answer in {waited_us} us"),
             Error::Hardware { what, value } => write!(f, "{what}: unusable value {value:#x}"),
@@ -498,7 +528,10 @@ impl fmt::Display for Error {
                 write!(f, "{bdf}: ATS STU {requested} asked, PF has {programmed}")
             }
             Error::BusNumbersExhausted { bridge, last } => {
-                write!(f, "{bridge}: no bus number left for its secondary bus (last bus {last:#04x})")
+                write!(
+                    f,
+                    "{bridge}: no bus number left for its secondary bus (last bus {last:#04x})"
+                )
             }
             Error::SriovNumVfs { pf, requested, total } => {
                 write!(f, "{pf}: SR-IOV: {requested} VFs asked, TotalVFs is {total}")
@@ -517,7 +550,10 @@ impl fmt::Display for Error {
                 write!(f, "{pf}: SR-IOV configuration locked, {assigned} VFs assigned")
             }
             Error::SriovLockCount { pf, assigned, enabled } => {
-                write!(f, "{pf}: SR-IOV lock count {assigned} out of range for {enabled} enabled VFs")
+                write!(
+                    f,
+                    "{pf}: SR-IOV lock count {assigned} out of range for {enabled} enabled VFs"
+                )
             }
             Error::SriovVfBarUnplaced { pf, index } => {
                 write!(f, "{pf}: SR-IOV VF BAR {index} has no aperture assigned")
@@ -550,6 +586,17 @@ impl fmt::Display for Error {
                 f,
                 "VT-d: {rmrrs} RMRR(s) not identity-mapped before enabling translation (VT-d §8.4)"
             ),
+            Error::PriUnavailable { pf } => {
+                write!(f, "{pf}: no PRI capability (a VF can only use its PF's)")
+            }
+            Error::PriPinned { pf, users, what } => {
+                write!(f, "{pf}: {what} is pinned by {users} user(s) of its PRI/PASID")
+            }
+            Error::PriBudgetExceeded { iommu, requested, available } => write!(
+                f,
+                "IOMMU {iommu}: PRI allocation of {requested} exceeds the {available} page \
+                 request queue entries left"
+            ),
         }
     }
 }
@@ -570,7 +617,12 @@ mod tests {
 
     #[test]
     fn display_carries_the_bad_value() {
-        let e = Error::LengthOverrun { what: "DMAR DRHD", offset: 0x30, length: 0x100, available: 0x50 };
+        let e = Error::LengthOverrun {
+            what: "DMAR DRHD",
+            offset: 0x30,
+            length: 0x100,
+            available: 0x50,
+        };
         assert_eq!(e.to_string(), "DMAR DRHD at 0x30: length 0x100 overruns the 0x50 bytes left");
         let e = Error::BadSignature { what: "MCFG", found: signature_bytes(b"APIC") };
         assert!(e.to_string().contains("APIC"));

@@ -16,12 +16,16 @@ pub mod groups;
 pub mod pasid;
 pub mod pcie;
 pub mod pri;
+pub mod pri_share;
 pub mod quirks;
 pub mod sriov;
 pub mod topology;
+pub mod vconfig;
 
 pub use alias::{Alias, AliasReason};
 pub use config::{AccessCounts, ConfigAccess};
 pub use ecam::{Ecam, EcamSet, EcamWindow, FunctionId, class_name};
 pub use groups::{DomainId, GroupAttachments, GroupId, Groups};
-pub use topology::{Acs, Bar, BarKind, BusRange, Capabilities, Function, FunctionIndex, FunctionKind, Topology};
+pub use topology::{
+    Acs, Bar, BarKind, BusRange, Capabilities, Function, FunctionIndex, FunctionKind, Topology,
+};

@@ -1,0 +1,1 @@
+//! Virtual configuration space for an assigned VF (in progress).
