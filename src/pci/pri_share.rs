@@ -991,6 +991,70 @@ mod tests {
         assert_eq!(t.pri_issue(id.vf(2), 1), 1, "page requests flow again");
     }
 
+    #[test]
+    fn the_preset_has_pri_and_pasid_on_the_pf_only_and_ats_everywhere() {
+        let (t, id, _) = setup(1024);
+        let ids =
+            |b: Bdf| crate::pci::caps::extended(&t, b).map(|c| c.unwrap().0).collect::<StdVec<_>>();
+        assert_eq!(
+            ids(pf()),
+            [id::AER, id::ARI, id::ATS, id::PASID, id::PRI, id::SRIOV],
+            "PF: PRI and PASID (PCIe Base 6.0 §10.5.2, §7.8.9)"
+        );
+        for k in 0..3 {
+            assert_eq!(ids(vf(k)), [id::ARI, id::ATS], "VF {k}: ATS, no PRI or PASID (§9.3.7)");
+        }
+        // PRI header (0x0013, version 1, next 0x180) and registers, at the PF's 0x170: Control
+        // 0, Status Stopped (0x0100) | PRG Response PASID Required (0x8000), capacity 512.
+        assert_eq!(t.read32(pf(), 0x170), 0x0013 | 1 << 16 | 0x180 << 20);
+        assert_eq!(t.read32(pf(), 0x174), (0x0100 | 0x8000) << 16);
+        assert_eq!(t.read32(pf(), 0x178), 512);
+        // PASID Capability: Execute (0x0002), Privileged (0x0004), width 20 (12:8).
+        assert_eq!(t.read16(pf(), 0x164), 0x0002 | 0x0004 | 20 << 8);
+        // Response Failure and UPRGI are RW1C; Stopped and PASID Required are read-only.
+        s_enable(&t);
+        t.pri_response_failure(id.vf(1));
+        t.pri_unexpected_response(id.vf(2));
+        assert_eq!(t.read16(pf(), 0x176) & 0x0003, 0x0003, "a VF's failure lands in the PF");
+        t.write16(pf(), 0x176, 0x8102);
+        assert_eq!(t.read16(pf(), 0x176), 0x8001);
+        t.write16(pf(), 0x176, 0x0001);
+        assert_eq!(t.read16(pf(), 0x176), 0x8000);
+    }
+
+    /// Enables PRI on the preset PF directly (allocation 8).
+    fn s_enable(t: &Topology) {
+        Pri::find(t, pf()).unwrap().unwrap().enable(t, 8).unwrap();
+    }
+
+    #[test]
+    fn unsupported_pasid_features_are_refused_and_nothing_is_held() {
+        let t = Topology::builder()
+            .device(1, 0, Function::endpoint(0x8086, 1, 0).pasid(false, false, 8).pri(64))
+            .build();
+        let p = Bdf::new(0, 0, 1, 0).unwrap();
+        let mut s = Share::new();
+        s.add_iommu(IOMMU, 64).unwrap();
+        s.add_pf(&t, p, PfPolicy { iommu: IOMMU, share: 16, users: 1 }).unwrap();
+        assert_eq!(
+            s.enable(
+                &t,
+                PriUser::physical(p),
+                Some(PasidFeatures { execute: true, privileged: false }),
+                0
+            ),
+            Err(Error::FeatureUnsupported {
+                bdf: p,
+                what: "PASID Capability",
+                requested: 2,
+                supported: 0
+            })
+        );
+        assert_eq!((s.users(p), s.budget(IOMMU).unwrap().used), (0, 0));
+        assert!(!Pri::find(&t, p).unwrap().unwrap().is_enabled(&t).unwrap());
+        s.enable(&t, PriUser::physical(p), Some(PasidFeatures::default()), 0).unwrap();
+    }
+
     /// `Topology` (a `RefCell` model) behind a mutex, so threads can share it.
     struct SyncTopo(std::sync::Mutex<Topology>);
     impl ConfigAccess for SyncTopo {

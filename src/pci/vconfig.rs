@@ -165,7 +165,7 @@ pub fn place<C: ConfigAccess + ?Sized>(
     }
     let is_free = |at: u16, len: u16, other: Option<Range<u16>>| {
         let r = at..at.saturating_add(len);
-        at % 4 == 0
+        at.is_multiple_of(4)
             && at >= EXT_START
             && r.end <= EXT_END
             && !used.iter().any(|u| overlaps(u, &r))
@@ -442,7 +442,7 @@ const fn header(cap: u16, version: u8, next: u16) -> u32 {
 }
 
 fn check_access(offset: u16, len: u8) -> Result<()> {
-    if !matches!(len, 1 | 2 | 4) || offset % u16::from(len) != 0 || offset >= EXT_END {
+    if !matches!(len, 1 | 2 | 4) || !offset.is_multiple_of(u16::from(len)) || offset >= EXT_END {
         return Err(Error::Misaligned {
             what: "VF config access",
             value: u64::from(offset),
@@ -468,6 +468,7 @@ fn half_hi(v: u32) -> u16 {
 }
 
 #[cfg(test)]
+#[expect(clippy::single_range_in_vec_init, reason = "reserved ranges: one-range lists are meant")]
 mod tests {
     use super::*;
     use crate::pci::pasid::PasidFeatures;
@@ -733,6 +734,32 @@ mod tests {
         assert!(g.v.borrow().page_requests_enabled());
         // None of it reached the PF.
         assert!(!t.pri_enabled(t.find("pri-pf").unwrap()));
+    }
+
+    #[test]
+    fn the_guest_enabling_virtual_pri_enables_the_pfs_through_the_share() {
+        use crate::pci::pri_share::{IommuId, PfPolicy, PriShare, PriUser, STOP_TIMEOUT};
+        let t = preset();
+        let pf_id = t.find("pri-pf").unwrap();
+        let mut share = PriShare::<1, 4, 1>::new();
+        share.add_iommu(IommuId(0), 256).unwrap();
+        share.add_pf(&t, pf(), PfPolicy { iommu: IommuId(0), share: 32, users: 3 }).unwrap();
+        let mut v = VfConfig::new(&t, vf(), pf(), 32, &[]).unwrap();
+        let user = PriUser::virtual_function(vf(), pf());
+        v.write(0x170 + PCI_PRI_ALLOC_REQ, 4, 32).unwrap();
+        for on in [true, false, true, false] {
+            let effect = v.write(0x170 + PCI_PRI_CTRL, 2, u32::from(on)).unwrap();
+            assert_eq!(effect.pri_enable, Some(on));
+            if on {
+                let grant = share.enable(&t, user, None, 0).unwrap();
+                assert_eq!(grant.share, v.read(&t, 0x170 + PCI_PRI_MAX_REQ, 4).unwrap());
+            } else {
+                let clock = crate::hal::testing::TestClock::new(1000);
+                share.disable(&t, &clock, user, 0, STOP_TIMEOUT).unwrap();
+            }
+            assert_eq!(t.pri_enabled(pf_id), on);
+            assert_eq!(v.page_requests_enabled(), on);
+        }
     }
 
     /// A PF with PASID and PRI at 0x160/0x170 whose VFs have `vf_caps` at fixed offsets.
