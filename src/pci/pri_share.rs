@@ -1148,6 +1148,76 @@ mod tests {
         assert_eq!(t.peek16(id, 0x166), 0, "PASID off with the last user");
     }
 
+    /// The lock protocol under loom: every interleaving of two users attaching and detaching
+    /// while a third thread observes. Run with
+    /// `RUSTFLAGS="--cfg loom" cargo test -p pcie-iommu --features sim --release loom`.
+    #[cfg(loom)]
+    mod loom_model {
+        use super::*;
+        use loom::sync::{Arc, Mutex};
+
+        struct LoomLock<T>(Mutex<T>);
+        impl<T> PriLock<T> for LoomLock<T> {
+            fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+                f(&mut self.0.lock().unwrap())
+            }
+        }
+
+        struct LoomTopo(Mutex<Topology>);
+        impl ConfigAccess for LoomTopo {
+            fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
+                self.0.lock().unwrap().read32(bdf, offset)
+            }
+            fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
+                self.0.lock().unwrap().write32(bdf, offset, value)
+            }
+            fn write16(&self, bdf: Bdf, offset: u16, value: u16) {
+                self.0.lock().unwrap().write16(bdf, offset, value)
+            }
+            fn write8(&self, bdf: Bdf, offset: u16, value: u8) {
+                self.0.lock().unwrap().write8(bdf, offset, value)
+            }
+        }
+
+        fn observe(lock: &LoomLock<Share>, cfg: &LoomTopo, id: FnId) -> u16 {
+            lock.with(|s| {
+                let users = s.users(pf());
+                assert_eq!(cfg.0.lock().unwrap().pri_enabled(id), users > 0);
+                assert_eq!(s.budget(IOMMU).unwrap().used, if users > 0 { 128 } else { 0 });
+                users
+            })
+        }
+
+        #[test]
+        fn loom_pri_enabled_exactly_while_users_remain() {
+            let mut model = loom::model::Builder::new();
+            model.preemption_bound = Some(3);
+            model.check(|| {
+                let (t, id, s) = setup(1024);
+                let cfg = Arc::new(LoomTopo(Mutex::new(t)));
+                let lock = Arc::new(LoomLock(Mutex::new(s)));
+                let workers: StdVec<_> = [0usize, 2]
+                    .into_iter()
+                    .map(|k| {
+                        let (cfg, lock) = (cfg.clone(), lock.clone());
+                        loom::thread::spawn(move || {
+                            let clock = clock();
+                            lock.with(|s| s.enable(&*cfg, user(k), None, 0)).unwrap();
+                            assert!(observe(&lock, &cfg, id) >= 1, "a user sees itself");
+                            lock.with(|s| s.disable(&*cfg, &clock, user(k), 0, STOP_TIMEOUT))
+                                .unwrap();
+                        })
+                    })
+                    .collect();
+                observe(&lock, &cfg, id);
+                for w in workers {
+                    w.join().unwrap();
+                }
+                assert_eq!(observe(&lock, &cfg, id), 0);
+            });
+        }
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
