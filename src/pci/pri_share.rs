@@ -276,9 +276,18 @@ impl<const PFS: usize, const USERS: usize, const IOMMUS: usize> PriShare<PFS, US
         }
         let allocation = policy.allocation()?;
         if let Some(i) = self.index(pf) {
-            let users = self.pfs.get(i).map_or(0, |e| e.users.len());
+            let (users, reserved) = self.pfs.get(i).map_or((0, 0), |e| (e.users.len(), e.reserved));
             if users > 0 {
                 return Err(Error::PriPinned { pf, users: count(users), what: "PRI share policy" });
+            }
+            // The last user left but PRI did not stop: requests may still land in the queue
+            // under the old allocation, so neither the budget nor the policy may change yet.
+            if reserved > 0 {
+                return Err(Error::PriPinned {
+                    pf,
+                    users: 0,
+                    what: "PRI share policy (PRI not yet stopped)",
+                });
             }
             self.pfs.swap_remove(i);
         }
@@ -308,8 +317,9 @@ impl<const PFS: usize, const USERS: usize, const IOMMUS: usize> PriShare<PFS, US
             .map_err(|_| Error::CapacityExceeded { what: "PRI share: PFs", capacity: PFS })
     }
 
-    /// Forgets `pf` (after hot-removal, or to change its policy). Refused while it has users
-    /// ([`Error::PriPinned`]); gives back any allocation still reserved.
+    /// Forgets `pf` (after its hot-removal, or to change its policy). Refused while it has
+    /// users ([`Error::PriPinned`]). Gives back any allocation still reserved: the caller knows
+    /// no request of the PF can still arrive (it is gone, or its PRI was reset).
     pub fn remove_pf(&mut self, pf: Bdf) -> Result<()> {
         let i = self.index(pf).ok_or(Error::NotFound { what: "PRI share: PF" })?;
         let (users, reserved, iommu) = self
@@ -539,8 +549,10 @@ impl<const PFS: usize, const USERS: usize, const IOMMUS: usize> PriShare<PFS, US
             return Ok(());
         }
         let stopped = e.pri.disable(cfg, platform, timeout);
-        let pasid_off = match (e.pasid_on.take(), e.pasid) {
-            (Some(_), Some(cap)) => cap.disable(cfg, vfs_with_ats),
+        // PASID stays recorded as on if it could not be turned off (ATS still on): the record
+        // follows the hardware.
+        let pasid_off = match (e.pasid_on, e.pasid) {
+            (Some(_), Some(cap)) => cap.disable(cfg, vfs_with_ats).map(|()| e.pasid_on = None),
             _ => Ok(()),
         };
         if stopped.is_ok() {
@@ -932,6 +944,27 @@ mod tests {
     }
 
     #[test]
+    fn pasid_left_on_under_ats_stays_recorded() {
+        let (t, id, mut s) = setup(1024);
+        s.enable(&t, user(1), Some(PasidFeatures::default()), 0).unwrap();
+        // The caller left a VF's ATS on: PRI goes off, PASID cannot (§7.8.9.3) and says so.
+        assert_eq!(
+            s.disable(&t, &clock(), user(1), 1, STOP_TIMEOUT),
+            Err(Error::NotWhileEnabled { bdf: pf(), what: "ATS Control.Enable" })
+        );
+        assert_invariant(&t, id, &s);
+        assert_eq!(pasid_control(&t, id), 0b001);
+        // The record follows the hardware: the next user finds PASID on, the last one with ATS
+        // off turns it off.
+        assert_eq!(
+            s.enable(&t, user(2), Some(PasidFeatures::default()), 0).unwrap().pasid,
+            Some(PasidFeatures::default())
+        );
+        s.disable(&t, &clock(), user(2), 0, STOP_TIMEOUT).unwrap();
+        assert_eq!(pasid_control(&t, id), 0);
+    }
+
+    #[test]
     fn a_pri_that_does_not_stop_keeps_its_budget_until_it_does() {
         let (t, id, mut s) = setup(1024);
         s.enable(&t, user(1), None, 0).unwrap();
@@ -943,6 +976,14 @@ mod tests {
         assert!(!t.pri_enabled(id), "Enable is clear: no new requests");
         assert_eq!(s.users(pf()), 0);
         assert_eq!(s.budget(IOMMU).unwrap().used, 128, "requests may still be in flight");
+        assert_eq!(
+            s.add_pf(&t, pf(), PfPolicy { iommu: IOMMU, share: 8, users: 4 }),
+            Err(Error::PriPinned {
+                pf: pf(),
+                users: 0,
+                what: "PRI share policy (PRI not yet stopped)"
+            })
+        );
         // Not stopped: the next user cannot enable PRI; nothing is reserved twice.
         assert!(matches!(s.enable(&t, user(0), None, 0), Err(Error::PriNotStopped { .. })));
         assert_eq!(s.budget(IOMMU).unwrap().used, 128);

@@ -160,7 +160,7 @@ pub fn place<C: ConfigAccess + ?Sized>(
             Some(len) => offset.saturating_add(len).min(EXT_END),
             None => next,
         };
-        // Never less than the header itself.
+        // Never less than the header itself. `used` has the capacity of `real`: never full.
         let _ = used.push(offset..end.max(offset + 4));
     }
     let is_free = |at: u16, len: u16, other: Option<Range<u16>>| {
