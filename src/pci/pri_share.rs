@@ -60,6 +60,7 @@ use crate::pci::pasid::{Pasid, PasidFeatures};
 use crate::pci::pri::Pri;
 /// A sound bound for [`PriShare::disable`]'s wait for Stopped (the register driver's).
 pub use crate::pci::pri::STOP_TIMEOUT;
+use crate::pci::topology::{FunctionIndex, Topology};
 
 /// Identifies one IOMMU (one page request queue), as the caller numbers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -131,6 +132,18 @@ impl PriUser {
     pub const fn virtual_function(vf: Bdf, pf: Bdf) -> Self {
         Self { bdf: vf, pf: Some(pf) }
     }
+    /// The user for function `index` of an enumerated topology: a VF (with
+    /// [`physical_function`](crate::pci::topology::Function::physical_function) set by SR-IOV
+    /// enumeration) with its PF, any other function as itself. `None` for an index not in the
+    /// snapshot.
+    pub fn of<const N: usize>(topology: &Topology<N>, index: FunctionIndex) -> Option<Self> {
+        let f = topology.get(index)?;
+        match f.physical_function {
+            Some(pf) => Some(Self::virtual_function(f.bdf(), topology.get(pf)?.bdf())),
+            None => Some(Self::physical(f.bdf())),
+        }
+    }
+
     /// The PF owning the PRI capability this user shares.
     pub const fn owner(&self) -> Bdf {
         match self.pf {
@@ -941,6 +954,37 @@ mod tests {
         );
         assert_invariant(&t, id, &s);
         assert_eq!(pasid_control(&t, id), 0);
+    }
+
+    #[test]
+    fn users_from_an_enumerated_snapshot() {
+        use crate::pci::ecam::FunctionId;
+        use crate::pci::topology::{Capabilities, Function as Snap, FunctionKind};
+        let f = |bdf: Bdf, physical_function| Snap {
+            id: FunctionId {
+                bdf,
+                vendor: 0x8086,
+                device: 0x0b25,
+                class: 0,
+                revision: 0,
+                header_type: 0,
+            },
+            kind: FunctionKind::PcieEndpoint,
+            parent: None,
+            bus_range: None,
+            caps: Capabilities::default(),
+            acs: None,
+            multi_function: false,
+            ari_forwarding: false,
+            physical_function,
+            bars: [None; 6],
+        };
+        let mut topo = crate::pci::topology::Topology::<4>::new();
+        let pf_index = topo.push(f(pf(), None)).unwrap();
+        let vf_index = topo.push(f(vf(1), Some(pf_index))).unwrap();
+        assert_eq!(PriUser::of(&topo, pf_index), Some(PriUser::physical(pf())));
+        assert_eq!(PriUser::of(&topo, vf_index), Some(PriUser::virtual_function(vf(1), pf())));
+        assert_eq!(PriUser::of(&topo, FunctionIndex(3)), None);
     }
 
     #[test]
