@@ -274,6 +274,7 @@ impl<const PFS: usize, const USERS: usize, const IOMMUS: usize> PriShare<PFS, US
     /// Capacity. Reserves nothing yet.
     ///
     /// Refused: no PRI capability ([`Error::PriUnavailable`] with `pf`: QEMU's igb, for one);
+    /// a policy with more users than `USERS` ([`Error::CapacityExceeded`]);
     /// PRI already enabled by someone else ([`Error::NotWhileEnabled`]: this manager must own
     /// it); the allocation above the capacity ([`Error::PriAllocationExceedsCapacity`]); an
     /// IOMMU not added ([`Error::NotFound`]); `pf` already added ([`Error::PriPinned`] if it has
@@ -288,6 +289,14 @@ impl<const PFS: usize, const USERS: usize, const IOMMUS: usize> PriShare<PFS, US
             return Err(Error::NotFound { what: "PRI budget: IOMMU of the PF's policy" });
         }
         let allocation = policy.allocation()?;
+        // Every user the policy allows must fit the fixed table, so that a user is never
+        // refused after the hardware was changed for it.
+        if usize::from(policy.users) > USERS {
+            return Err(Error::CapacityExceeded {
+                what: "PRI share: users of one PF",
+                capacity: USERS,
+            });
+        }
         if let Some(i) = self.index(pf) {
             let (users, reserved) = self.pfs.get(i).map_or((0, 0), |e| (e.users.len(), e.reserved));
             if users > 0 {
@@ -432,7 +441,7 @@ impl<const PFS: usize, const USERS: usize, const IOMMUS: usize> PriShare<PFS, US
                     what: "page requests (already a user of the PF's PRI)",
                 });
             }
-            if e.users.len() >= usize::from(e.policy.users) {
+            if e.users.len() >= usize::from(e.policy.users) || e.users.is_full() {
                 return Err(Error::CapacityExceeded {
                     what: "PRI share: users of one PF (policy)",
                     capacity: usize::from(e.policy.users),
@@ -797,6 +806,11 @@ mod tests {
         assert_eq!(
             s.add_pf(&t, pf(), PfPolicy { iommu: IOMMU, share: 200, users: 4 }),
             Err(Error::PriAllocationExceedsCapacity { bdf: pf(), allocation: 800, capacity: 512 })
+        );
+        // A policy the fixed user table cannot hold.
+        assert_eq!(
+            s.add_pf(&t, pf(), PfPolicy { iommu: IOMMU, share: 8, users: 9 }),
+            Err(Error::CapacityExceeded { what: "PRI share: users of one PF", capacity: 8 })
         );
         // More users than the policy has shares for.
         let mut s = Share::new();
