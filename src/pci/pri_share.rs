@@ -1002,6 +1002,28 @@ mod tests {
     }
 
     #[test]
+    fn a_pf_that_vanishes() {
+        // Gone before the first enable: refused, nothing reserved.
+        let (t, id, mut s) = setup(1024);
+        t.set_present(id, false);
+        assert_eq!(s.enable(&t, user(0), None, 0), Err(Error::FunctionVanished { bdf: pf() }));
+        assert_eq!((s.users(pf()), s.budget(IOMMU).unwrap().used), (0, 0));
+        // Gone while the last user waits for Stopped: the user is gone, the budget stays held
+        // (nothing says the requests are answered) until the PF is removed.
+        let (t, id, mut s) = setup(1024);
+        s.enable(&t, user(1), None, 0).unwrap();
+        t.pri_issue(id.vf(0), 4);
+        let vanish = || t.set_present(id, false);
+        assert_eq!(
+            s.disable(&t, &TestClock::with_relax(1000, &vanish), user(1), 0, STOP_TIMEOUT),
+            Err(Error::FunctionVanished { bdf: pf() })
+        );
+        assert_eq!((s.users(pf()), s.budget(IOMMU).unwrap().used), (0, 128));
+        s.remove_pf(pf()).unwrap();
+        assert_eq!(s.budget(IOMMU).unwrap().used, 0);
+    }
+
+    #[test]
     fn pasid_left_on_under_ats_stays_recorded() {
         let (t, id, mut s) = setup(1024);
         s.enable(&t, user(1), Some(PasidFeatures::default()), 0).unwrap();
