@@ -446,6 +446,33 @@ pub enum Error {
         /// Its users.
         users: usize,
     },
+    /// Page requests were asked for a function whose PF (or the function itself, without
+    /// SR-IOV) has no PRI capability, such as QEMU's igb and its VFs: a VF has none of its own
+    /// and can only use its PF's (PCIe Base 6.0 §9.3.7.11).
+    PriUnavailable {
+        /// The function whose PRI was looked for (the PF of a VF).
+        pf: crate::addr::Bdf,
+    },
+    /// The PF's PRI/PASID configuration is pinned by its current users (the PF itself and its
+    /// VFs): it cannot be changed until the last of them lets go.
+    PriPinned {
+        /// The PF.
+        pf: crate::addr::Bdf,
+        /// Users holding it.
+        users: u16,
+        /// What could not change (for example `"PASID Control"`).
+        what: &'static str,
+    },
+    /// A PRI allocation would overrun an IOMMU's page request queue: the allocations of all
+    /// PRI functions under one IOMMU sum to at most the queue's capacity.
+    PriBudgetExceeded {
+        /// The IOMMU, as the caller identified it.
+        iommu: u32,
+        /// Outstanding page requests asked for.
+        requested: u32,
+        /// What is left of the queue's capacity.
+        available: u32,
+    },
 }
 
 impl fmt::Display for Error {
@@ -600,6 +627,17 @@ impl fmt::Display for Error {
             Error::DomainInUse { domain, users } => {
                 write!(f, "domain {domain} still has {users} user(s)")
             }
+            Error::PriUnavailable { pf } => {
+                write!(f, "{pf}: no PRI capability (a VF can only use its PF's)")
+            }
+            Error::PriPinned { pf, users, what } => {
+                write!(f, "{pf}: {what} is pinned by {users} user(s) of its PRI/PASID")
+            }
+            Error::PriBudgetExceeded { iommu, requested, available } => write!(
+                f,
+                "IOMMU {iommu}: PRI allocation of {requested} exceeds the {available} page \
+                 request queue entries left"
+            ),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use pcie_iommu::pci::enumerate::{AssignBars, AssignBuses, Enumeration, Options, RootBus};
 use pcie_iommu::pci::groups::{DomainId, GroupAttachments, Groups};
+use pcie_iommu::pci::pri_share::{IommuId, PriShare, PriUser};
 #[cfg(target_arch = "x86_64")]
 use pcie_iommu::pci::alias;
 #[cfg(target_arch = "x86_64")]
@@ -119,6 +120,24 @@ pub fn sriov_round_trip(cfg: &impl ConfigAccess, e: &mut Pcie, platform: &QemuPl
         }
         checks.check("the VFs answer at PF RID + First VF Offset + i x VF Stride", at_rids && count == usize::from(n));
         checks.check("every VF BAR has an address in the PF's aperture", bars_placed);
+        // Page requests for a VF go out through its PF's PRI (PCIe Base §9.3.7.11); QEMU's igb
+        // and nvme have none, so asking for them is refused with the PF named.
+        if let Some(vf0) = sriov.vfs(topology).next().and_then(|i| PriUser::of(topology, i)) {
+            let mut share = PriShare::<1, 1, 1>::new();
+            let _ = share.add_iommu(IommuId(0), 0);
+            let refused = match share.enable(cfg, vf0, None, 0) {
+                Err(e @ Error::PriUnavailable { pf }) => {
+                    defmt::info!("page requests for {=str} VF {}: refused: {}", name, vf0.bdf, e);
+                    pf == sriov.pf()
+                }
+                Err(e) => {
+                    defmt::error!("page requests for {=str} VF {}: {}", name, vf0.bdf, e);
+                    false
+                }
+                Ok(_) => false,
+            };
+            checks.check("page requests for a VF whose PF has no PRI are refused, naming the PF", refused);
+        }
     }
     if enabled == 0 {
         return;

@@ -124,6 +124,9 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "SR-IOV: nvme: First VF Offset 0x1, VF Stride 1",
             "VF 1 (27) at 0000:02:00.2 class 010802, 1 BARs",
             "check ok: every VF BAR has an address in the PF's aperture",
+            // Issue 6: igb has no PRI, so its VFs cannot have page requests.
+            "page requests for igb VF 0000:01:10.0: refused: PriUnavailable { pf: 0000:01:00.0 }",
+            "check ok: page requests for a VF whose PF has no PRI are refused, naming the PF",
             "check ok: disabled VFs no longer answer and left the snapshot",
             "check ok: an attach that would split a group is refused",
             "edu 0000:00:01.0: VT-d fault from source 00:01.0",
@@ -226,6 +229,8 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "at 0000:01:10.6 class 020000, 2 BARs",
             "SR-IOV: nvme: First VF Offset 0x1, VF Stride 1",
             "check ok: every VF BAR has an address in the PF's aperture",
+            "page requests for igb VF 0000:01:10.0: refused: PriUnavailable { pf: 0000:01:00.0 }",
+            "check ok: page requests for a VF whose PF has no PRI are refused, naming the PF",
             "check ok: disabled VFs no longer answer and left the snapshot",
             "check ok: an attach that would split a group is refused",
             "running at EL2",

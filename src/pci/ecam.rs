@@ -33,7 +33,10 @@ impl EcamWindow {
     /// Bytes the window spans, or [`Error::InvalidField`] if `end_bus < start_bus`.
     pub fn size(&self) -> Result<u64> {
         if self.end_bus < self.start_bus {
-            return Err(Error::InvalidField { what: "ECAM bus range end", value: u64::from(self.end_bus) });
+            return Err(Error::InvalidField {
+                what: "ECAM bus range end",
+                value: u64::from(self.end_bus),
+            });
         }
         Ok((u64::from(self.end_bus) - u64::from(self.start_bus) + 1) * BUS_SIZE)
     }
@@ -61,9 +64,14 @@ impl Ecam {
         let size = window.size()?;
         window.base.checked_add(size)?;
         if !window.base.is_aligned(BUS_SIZE) {
-            return Err(Error::Misaligned { what: "ECAM base", value: window.base.0, align: BUS_SIZE });
+            return Err(Error::Misaligned {
+                what: "ECAM base",
+                value: window.base.0,
+                align: BUS_SIZE,
+            });
         }
-        let len = usize::try_from(size).map_err(|_| Error::MmioUnavailable { base: window.base.0, size })?;
+        let len = usize::try_from(size)
+            .map_err(|_| Error::MmioUnavailable { base: window.base.0, size })?;
         let ptr = platform.map_mmio(window.base, len)?;
         // SAFETY: `Platform::map_mmio` returns a device mapping of exactly `len` bytes at
         // `window.base`, valid for the platform's lifetime (its implementation-safety contract).
@@ -150,7 +158,8 @@ impl Ecam {
 
     /// Whether `bdf` lies in this window.
     pub fn covers(&self, bdf: Bdf) -> bool {
-        bdf.segment == self.window.segment && (self.window.start_bus..=self.window.end_bus).contains(&bdf.bus)
+        bdf.segment == self.window.segment
+            && (self.window.start_bus..=self.window.end_bus).contains(&bdf.bus)
     }
 
     /// Identity of the function at `bdf`, or `None` if nothing answers there.
@@ -163,7 +172,14 @@ impl Ecam {
         }
         let class_rev = self.read32(bdf, 0x08);
         let header = self.read8(bdf, 0x0e);
-        Some(FunctionId { bdf, vendor, device, class: class_rev >> 8, revision: class_rev as u8, header_type: header })
+        Some(FunctionId {
+            bdf,
+            vendor,
+            device,
+            class: class_rev >> 8,
+            revision: class_rev as u8,
+            header_type: header,
+        })
     }
 
     /// The functions present on `bus`: function 0 of every device, and functions 1-7 of
@@ -224,10 +240,17 @@ impl<const N: usize> EcamSet<N> {
         for held in self.windows.iter().flatten() {
             let h = held.window();
             if h.segment == w.segment && w.start_bus <= h.end_bus && h.start_bus <= w.end_bus {
-                return Err(Error::InvalidField { what: "ECAM window overlapping another (bus)", value: u64::from(w.start_bus) });
+                return Err(Error::InvalidField {
+                    what: "ECAM window overlapping another (bus)",
+                    value: u64::from(w.start_bus),
+                });
             }
         }
-        let slot = self.windows.iter_mut().find(|s| s.is_none()).ok_or(Error::CapacityExceeded { what: "ECAM windows", capacity: N })?;
+        let slot = self
+            .windows
+            .iter_mut()
+            .find(|s| s.is_none())
+            .ok_or(Error::CapacityExceeded { what: "ECAM windows", capacity: N })?;
         *slot = Some(ecam);
         Ok(())
     }
@@ -395,7 +418,9 @@ mod tests {
     fn fake(functions: &[(u8, u8, u8, u32, u8)]) -> FakeEcam {
         let mut mem = vec![u32::MAX; 2 << 18];
         for &(bus, dev, func, id, header) in functions {
-            let base = ((usize::from(bus) << 20) | (usize::from(dev) << 15) | (usize::from(func) << 12)) / 4;
+            let base =
+                ((usize::from(bus) << 20) | (usize::from(dev) << 15) | (usize::from(func) << 12))
+                    / 4;
             mem[base] = id;
             mem[base + 2] = 0x0600_0002;
             mem[base + 3] = u32::from(header) << 16;
@@ -412,9 +437,11 @@ mod tests {
             (0, 0x1f, 3, 0x2930_8086, 0x00),
             (1, 0, 0, 0x10c9_8086, 0x00),
         ]);
-        let window = EcamWindow { base: PhysAddr(0xb000_0000), segment: 0, start_bus: 0, end_bus: 1 };
+        let window =
+            EcamWindow { base: PhysAddr(0xb000_0000), segment: 0, start_bus: 0, end_bus: 1 };
         let ecam = Ecam::map(&p, window).unwrap();
-        let found: Vec<_> = ecam.functions_on_bus(0).map(|f| (f.bdf.dev(), f.bdf.func(), f.device)).collect();
+        let found: Vec<_> =
+            ecam.functions_on_bus(0).map(|f| (f.bdf.dev(), f.bdf.func(), f.device)).collect();
         assert_eq!(found, [(0, 0, 0x29c0), (0x1f, 0, 0x2918), (0x1f, 3, 0x2930)]);
         assert_eq!(ecam.functions_on_bus(1).count(), 1);
         assert_eq!(ecam.identify(Bdf::new(0, 0, 0, 0).unwrap()).unwrap().class, 0x06_0000);

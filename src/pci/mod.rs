@@ -16,9 +16,11 @@ pub mod groups;
 pub mod pasid;
 pub mod pcie;
 pub mod pri;
+pub mod pri_share;
 pub mod quirks;
 pub mod sriov;
 pub mod topology;
+pub mod vconfig;
 
 pub use alias::{Alias, AliasReason};
 pub use config::{AccessCounts, ConfigAccess};

@@ -212,11 +212,16 @@ impl<const N: usize> Topology<N> {
         if let Some(parent) = function.parent
             && usize::from(parent.0) >= self.functions.len()
         {
-            return Err(Error::BadReference { what: "topology parent index", value: u64::from(parent.0) });
+            return Err(Error::BadReference {
+                what: "topology parent index",
+                value: u64::from(parent.0),
+            });
         }
         let index = u16::try_from(self.functions.len())
             .map_err(|_| Error::CapacityExceeded { what: "topology functions", capacity: N })?;
-        self.functions.push(function).map_err(|_| Error::CapacityExceeded { what: "topology functions", capacity: N })?;
+        self.functions
+            .push(function)
+            .map_err(|_| Error::CapacityExceeded { what: "topology functions", capacity: N })?;
         Ok(FunctionIndex(index))
     }
 
@@ -237,7 +242,11 @@ impl<const N: usize> Topology<N> {
 
     /// The function at `bdf`.
     pub fn find(&self, bdf: Bdf) -> Option<FunctionIndex> {
-        self.functions.iter().position(|f| f.bdf() == bdf).and_then(|i| u16::try_from(i).ok()).map(FunctionIndex)
+        self.functions
+            .iter()
+            .position(|f| f.bdf() == bdf)
+            .and_then(|i| u16::try_from(i).ok())
+            .map(FunctionIndex)
     }
 
     /// The chain of bridges from `index` up to its root bus, nearest first (bounded by `N`

@@ -149,11 +149,13 @@ struct FuncState {
     space: Space,
     /// Page requests issued and not yet answered (PCIe Base 6.0 §10.4).
     pri_outstanding: u32,
+    /// A hostile device: Stopped never comes (see [`Topology::pri_never_stop`]).
+    pri_never_stop: bool,
 }
 
 impl FuncState {
     fn new(layout: &Layout) -> FuncState {
-        FuncState { space: layout.image.clone(), pri_outstanding: 0 }
+        FuncState { space: layout.image.clone(), pri_outstanding: 0, pri_never_stop: false }
     }
 }
 
@@ -348,7 +350,7 @@ fn write_func(layout: &Layout, st: &mut FuncState, off: u16, len: u8, value: u32
 fn pri_update_stopped(layout: &Layout, st: &mut FuncState) {
     let Some(p) = layout.pri else { return };
     let enabled = st.space.get(p + pri_reg::CONTROL, 2) & u32::from(pri_reg::ENABLE) != 0;
-    if !enabled && st.pri_outstanding == 0 {
+    if !enabled && st.pri_outstanding == 0 && !st.pri_never_stop {
         st.space.set_bits(p + pri_reg::STATUS, 2, u32::from(pri_reg::STOPPED));
     }
 }
@@ -873,11 +875,20 @@ impl Topology {
         }
     }
 
+    /// The function whose PRI carries `id`'s page requests: a VF without a PRI capability of its
+    /// own uses its PF's (PCIe Base 6.0 §9.3.7.11), with the PF's allocation, Stopped and error
+    /// state.
+    fn pri_owner(&self, id: FnId) -> FnId {
+        let own = self.with_layout(id, |l| l.pri.is_some()).unwrap_or(false);
+        if id.is_vf() && !own { id.pf() } else { id }
+    }
+
     /// The function issues up to `n` page requests (PCIe Base 6.0 §10.4.1): only while PRI is
     /// enabled, no Response Failure is pending, and within its Outstanding Page Request
-    /// Allocation. Returns how many it issued.
+    /// Allocation. Returns how many it issued. A VF issues through its PF's PRI (its requests
+    /// count against the PF's allocation).
     pub fn pri_issue(&self, id: FnId, n: u32) -> u32 {
-        self.with_state(id, |l, st| {
+        self.with_state(self.pri_owner(id), |l, st| {
             let Some(p) = l.pri else { return 0 };
             let s = &st.space;
             let enabled = s.get(p + pri_reg::CONTROL, 2) & u32::from(pri_reg::ENABLE) != 0;
@@ -894,9 +905,9 @@ impl Topology {
     }
 
     /// `n` outstanding page requests are answered (Success or Invalid Request). With Enable
-    /// clear, Stopped is set once none remain.
+    /// clear, Stopped is set once none remain. A VF's go to its PF's PRI.
     pub fn pri_complete(&self, id: FnId, n: u32) {
-        self.with_state(id, |l, st| {
+        self.with_state(self.pri_owner(id), |l, st| {
             st.pri_outstanding = st.pri_outstanding.saturating_sub(n);
             pri_update_stopped(l, st);
         });
@@ -904,8 +915,9 @@ impl Topology {
 
     /// A PRG Response with Response Failure arrives: the status bit is set and the function
     /// expects no further responses, so its outstanding requests are abandoned (§10.5.2.3).
+    /// For a VF it lands in the PF's PRI: the PF and every sibling stop issuing.
     pub fn pri_response_failure(&self, id: FnId) {
-        self.with_state(id, |l, st| {
+        self.with_state(self.pri_owner(id), |l, st| {
             let Some(p) = l.pri else { return };
             st.space.set_bits(p + pri_reg::STATUS, 2, u32::from(pri_reg::RESPONSE_FAILURE));
             st.pri_outstanding = 0;
@@ -913,18 +925,43 @@ impl Topology {
         });
     }
 
-    /// A PRG Response with an index that matches no outstanding group arrives: UPRGI is set.
+    /// A PRG Response with an index that matches no outstanding group arrives: UPRGI is set (in
+    /// the PF's PRI for a VF).
     pub fn pri_unexpected_response(&self, id: FnId) {
-        self.with_state(id, |l, st| {
+        self.with_state(self.pri_owner(id), |l, st| {
             if let Some(p) = l.pri {
                 st.space.set_bits(p + pri_reg::STATUS, 2, u32::from(pri_reg::UPRGI));
             }
         });
     }
 
-    /// Page requests issued and not answered.
+    /// A hostile or broken device: with `never` set, Stopped stays clear whatever happens
+    /// (answers, Reset), so every wait for it runs into its bound; cleared, Stopped follows
+    /// the outstanding requests again.
+    pub fn pri_never_stop(&self, id: FnId, never: bool) {
+        self.with_state(self.pri_owner(id), |l, st| {
+            st.pri_never_stop = never;
+            if let (Some(p), true) = (l.pri, never) {
+                st.space.clear_bits(p + pri_reg::STATUS, 2, u32::from(pri_reg::STOPPED));
+            }
+            pri_update_stopped(l, st);
+        });
+    }
+
+    /// Page requests issued and not answered (a VF's: its PF's, which they share).
     pub fn pri_outstanding(&self, id: FnId) -> u32 {
-        self.with_state(id, |_, st| st.pri_outstanding).unwrap_or(0)
+        self.with_state(self.pri_owner(id), |_, st| st.pri_outstanding).unwrap_or(0)
+    }
+
+    /// Whether PRI Enable is set in the capability carrying `id`'s page requests (the PF's for
+    /// a VF): the model's truth, read without a counted access.
+    pub fn pri_enabled(&self, id: FnId) -> bool {
+        self.with_state(self.pri_owner(id), |l, st| {
+            l.pri.is_some_and(|p| {
+                st.space.get(p + pri_reg::CONTROL, 2) & u32::from(pri_reg::ENABLE) != 0
+            })
+        })
+        .unwrap_or(false)
     }
 }
 

@@ -93,6 +93,25 @@ impl Topology {
             .build()
     }
 
+    /// A root port with one PRI-capable PF below it, the shape page requests from VFs need
+    /// (QEMU 10.0.2 has no such device), bus numbers programmed:
+    ///
+    /// ```text
+    /// 00:00.0 "host"   8086:29c0 host bridge
+    /// 00:01.0 "rp"     root port, ACS 0x5f
+    ///         -> 01:00.0 "pri-pf" (see [`Function::pri_pf`]), VFs at 01:00.1 ...
+    /// ```
+    pub fn pri_sriov(total_vfs: u16, capacity: u32) -> Topology {
+        let t = Topology::builder()
+            .device(0, 0, Function::host_bridge(0x8086, 0x29c0).name("host"))
+            .bridge(1, 0, Bridge::root_port().acs(ACS_ALL).name("rp").slot_number(1), |b| {
+                b.device(0, 0, Function::pri_pf(total_vfs, capacity))
+            })
+            .build();
+        t.program_bus_numbers();
+        t
+    }
+
     /// aarch64 `-M virt` with `-device edu,addr=1`: the generic PCIe host bridge (1b36:0008) at
     /// 00:00.0 and "edu" at 00:01.0, ECAM decoding buses 0-255.
     pub fn qemu_virt() -> Topology {
@@ -200,4 +219,36 @@ fn nvme() -> Function {
         .msix(65, 0)
         .cap_at(0x100, Capability::ari(0))
         .sriov_at(0x120, vf)
+}
+
+impl Function {
+    /// A PF with PRI and PASID, whose VFs have neither (they use the PF's, PCIe Base 6.0
+    /// §9.3.7.11 and §9.3.7.14) but each have ATS (§9.3.7.10), named "pri-pf" (8086:0b25, class
+    /// 088000). `total_vfs` VFs at First VF Offset 1, VF Stride 1, VF Device ID 0x0b26;
+    /// Outstanding Page Request Capacity `capacity`, PRG Response PASID Required set; PASID
+    /// with Execute and Privileged Mode supported, Max PASID Width 20. Fixed layout:
+    ///
+    /// ```text
+    /// PF: 0x100 AER, 0x148 ARI, 0x150 ATS, 0x160 PASID, 0x170 PRI, 0x180 SR-IOV
+    /// VF: 0x100 ARI, 0x108 ATS
+    /// ```
+    pub fn pri_pf(total_vfs: u16, capacity: u32) -> Function {
+        let vf = SrIov::new(total_vfs)
+            .offset_stride(1, 1)
+            .vf_device(0x0b26)
+            .vf_bar(0, Bar::mem64(16 << 10, false))
+            .vf_cap(Capability::msix(2, 0))
+            .vf_cap_at(0x100, Capability::ari(0))
+            .vf_cap_at(0x108, Capability::ats(0, true));
+        Function::endpoint(0x8086, 0x0b25, 0x08_8000)
+            .name("pri-pf")
+            .bar(0, Bar::mem64(64 << 10, false))
+            .msix(9, 0)
+            .cap_at(0x100, Capability::Aer)
+            .cap_at(0x148, Capability::ari(0))
+            .cap_at(0x150, Capability::ats(0, true))
+            .cap_at(0x160, Capability::pasid(true, true, 20))
+            .cap_at(0x170, Capability::Pri { capacity, prg_response_pasid_required: true })
+            .sriov_at(0x180, vf)
+    }
 }
