@@ -49,9 +49,8 @@
 //!
 //! # Not modelled
 //!
-//! The page request queue registers (PQH/PQT/PQA/PRS/PECTL/PEDATA/PEADDR/PEUADDR) are plain
-//! storage (PECTL resets with IM set): page requests belong to a later issue; page group
-//! response descriptors are decoded and logged for it. Also absent: interrupt remapping
+//! Page requests ([`prq`], ECAP.PRS) are modelled from the unit's side only: a test injects
+//! what a device would send; no device model issues them on its own. Also absent: interrupt remapping
 //! (SIRTP latches IRTA, IEC descriptors are logged), advanced fault logging, protected memory
 //! regions, caching mode's caching of not-present entries, paging-structure caches (only leaf
 //! translations are cached), second-stage A/D bits, first-stage XD/NXE and privileged or
@@ -61,6 +60,7 @@
 
 use crate::sim::std;
 mod memory;
+pub mod prq;
 mod qi;
 pub mod regs;
 #[cfg(test)]
@@ -79,6 +79,7 @@ pub use qi::{
     CcGranularity, Descriptor, IotlbGranularity, LoggedDescriptor, PasidCacheGranularity,
     PasidIotlbGranularity, Source,
 };
+pub use prq::{InjectOutcome, PageRequestDescriptor, PageResponse, ResponseProblem, ResponseSource};
 pub use regs::Config;
 pub use walk::{Translation, TranslationKind};
 
@@ -197,6 +198,8 @@ pub enum InterruptKind {
     Fault,
     /// The invalidation completion event (IECTL/IEDATA/IEADDR, §6.5.2.8).
     InvalidationCompletion,
+    /// The page request event (PECTL/PEDATA/PEADDR, §7.5).
+    PageRequest,
 }
 
 /// An interrupt message the unit sent (an MSI write the test can look at).
@@ -343,9 +346,8 @@ pub(crate) struct Inner {
     pub(crate) iqercd: u64,
     irta: u64,
     irta_latched: Option<u64>,
-    /// Page request registers (0xc0..0xf0), plain storage: their behaviour belongs to a later
-    /// issue.
-    prq: BTreeMap<usize, u32>,
+    /// Page request queue (0xc0..0xf0).
+    pub(crate) prq: prq::PrqState,
     iva: u64,
     iotlb_reg: u64,
     frcd: Vec<[u32; 4]>,
@@ -412,7 +414,7 @@ impl RemappingUnit {
             iqercd: 0,
             irta: 0,
             irta_latched: None,
-            prq: BTreeMap::new(),
+            prq: prq::PrqState::new(),
             iva: 0,
             iotlb_reg: 0,
             frcd: std::vec![[0; 4]; nfr],
@@ -431,7 +433,6 @@ impl RemappingUnit {
             steps: 0,
             cfg: config,
         };
-        inner.prq.insert(off::PECTL, ectl::IM);
         inner.publish();
         Self { inner: Rc::new(RefCell::new(inner)) }
     }
@@ -766,7 +767,7 @@ impl Inner {
             0xb4 => hi(self.iqercd),
             off::IRTA => lo(self.irta),
             0xbc => hi(self.irta),
-            0xc0..=0xef => self.prq.get(&o).copied().unwrap_or(0),
+            0xc0..=0xef => self.render_prq(o),
             _ => 0,
         }
     }
@@ -877,9 +878,7 @@ impl Inner {
             off::IEUADDR => self.ieuaddr = v,
             off::IRTA => Self::set_lo(&mut self.irta, v),
             0xbc => Self::set_hi(&mut self.irta, v),
-            0xc0..=0xef => {
-                self.prq.insert(o, v);
-            }
+            0xc0..=0xef => self.write_prq(o, v),
             _ => {}
         }
     }
@@ -1044,13 +1043,21 @@ impl Inner {
     }
 
     /// Sends pending interrupts whose mask is clear (IP then clears, §7.4.1).
-    fn deliver_pending(&mut self) {
+    pub(crate) fn deliver_pending(&mut self) {
         if self.fectl & (ectl::IP | ectl::IM) == ectl::IP {
             self.fectl &= !ectl::IP;
             self.interrupts.push(Interrupt {
                 kind: InterruptKind::Fault,
                 address: u64::from(self.feaddr) | u64::from(self.feuaddr) << 32,
                 data: self.fedata,
+            });
+        }
+        if self.prq_event_pending() {
+            self.prq.pectl &= !ectl::IP;
+            self.interrupts.push(Interrupt {
+                kind: InterruptKind::PageRequest,
+                address: u64::from(self.prq.peaddr) | u64::from(self.prq.peuaddr) << 32,
+                data: self.prq.pedata,
             });
         }
         if self.iectl & (ectl::IP | ectl::IM) == ectl::IP {
