@@ -31,9 +31,9 @@
 //! - The PASID is in a response exactly when the request carried one and the function's PRI
 //!   capability says "PRG Response PASID Required" ([`Route::pasid_in_response`]).
 //! - [`abort_attachment`](PageRequestService::abort_attachment) (detach, replace) and
-//!   [`abort_function`](PageRequestService::abort_function) (PF PRI reset) answer every group held
-//!   for them Invalid; a partial group answered that way is remembered, so the rest of it, if it
-//!   still arrives, is absorbed instead of answered twice.
+//!   [`abort_function`](PageRequestService::abort_function) (PF PRI reset) answer every complete
+//!   group held for them Invalid and release their partial groups, whose ends, if they still
+//!   arrive, are answered Invalid without the handler. No group is answered before its end.
 //!
 //! # After a queue overflow
 //!
@@ -261,6 +261,8 @@ pub struct Stats {
     pub stale_reclaimed: u64,
     /// Requests absorbed because their group was already answered.
     pub absorbed: u64,
+    /// Partial groups released by an abort (their ends get Invalid).
+    pub partial_aborted: u64,
     /// Responses the sink refused and the unsent queue could not keep.
     pub lost_responses: u64,
 }
@@ -307,7 +309,8 @@ struct Slot<A, const PER_GROUP: usize> {
 struct Remembered {
     key: Key,
     pasid_in_response: bool,
-    /// Already answered early (abort of a partial group): absorb the rest.
+    /// Already answered before its end ([`PageRequestService::answer_stale`]): absorb the
+    /// rest.
     answered: bool,
     /// Attached but not held (pool full). An unattached group's entry may be given up for
     /// one of these: its end is then routed afresh, and still answered once.
@@ -367,6 +370,7 @@ impl<A: Copy + Eq, const GROUPS: usize, const PER_GROUP: usize>
                 overflows: 0,
                 stale_reclaimed: 0,
                 absorbed: 0,
+                partial_aborted: 0,
                 lost_responses: 0,
             },
         }
@@ -658,10 +662,12 @@ impl<A: Copy + Eq, const GROUPS: usize, const PER_GROUP: usize>
         }
     }
 
-    /// Answers Invalid every group held for `attachment`, collecting or deferred (detach, or
-    /// replace away from a fault-capable domain). Partial groups answered here are remembered
-    /// so the rest of them is absorbed. Returns how many groups were answered; the first sink
-    /// error is returned after every group was tried.
+    /// Answers Invalid every complete group held for `attachment` (deferred by the handler),
+    /// for detach or replace away from a fault-capable domain, and lets go of its partial
+    /// groups: each is remembered so that its end, if it still arrives, is answered Invalid
+    /// without the handler (never answered before its end, which could hit a later group
+    /// reusing the index). After it returns nothing of the attachment is held. Returns how many
+    /// groups were answered; the first sink error is returned after every group was tried.
     pub fn abort_attachment<S: ResponseSink>(
         &mut self,
         attachment: A,
@@ -693,14 +699,23 @@ impl<A: Copy + Eq, const GROUPS: usize, const PER_GROUP: usize>
                 continue;
             }
             if slot.state == State::Collecting {
+                // Its end has not arrived: answering now could reach a later group that
+                // reuses the index. Remember it instead; its end gets Invalid. Without room
+                // the end is routed afresh, finds no attachment, and gets Invalid all the same.
                 let m = Remembered {
                     key: slot.key,
-                    pasid_in_response: false,
-                    answered: true,
+                    pasid_in_response: slot.route.is_some_and(|r| r.pasid_in_response),
+                    answered: false,
                     held_back: false,
                 };
-                // Best effort: without room, a late rest of the group is answered again.
                 let _ = self.remembered.push(m);
+                if let Some(s) = self.slots.get_mut(i) {
+                    s.state = State::Free;
+                    s.route = None;
+                    s.requests.clear();
+                }
+                self.stats.partial_aborted += 1;
+                continue;
             }
             if let Err(e) = self.answer(i, ResponseCode::Invalid, sink) {
                 first_error.get_or_insert(e);

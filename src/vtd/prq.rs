@@ -122,7 +122,10 @@ impl PageRequestQueue {
     pub fn new<P: Platform + ?Sized>(platform: &P, unit: &Unit, pages: usize) -> Result<Self> {
         let ecap = unit.extended_capability();
         if !ecap.prs() {
-            return Err(Error::Unsupported { what: "VT-d ECAP.PRS (page requests)", value: ecap.0 });
+            return Err(Error::Unsupported {
+                what: "VT-d ECAP.PRS (page requests)",
+                value: ecap.0,
+            });
         }
         if !pages.is_power_of_two() || pages > 128 {
             // CAST: usize fits u64.
@@ -201,7 +204,8 @@ impl PageRequestQueue {
             // SAFETY: `index < entries` and `i < 4`, so `at * 8` lies inside the ring this
             // queue owns (DMA memory, page aligned, so 8-byte aligned); the unit writes it by
             // DMA and the CPU only reads it atomically.
-            let word = unsafe { AtomicU64::from_ptr(self.ring.virt().as_ptr().cast::<u64>().add(at)) };
+            let word =
+                unsafe { AtomicU64::from_ptr(self.ring.virt().as_ptr().cast::<u64>().add(at)) };
             *w = word.load(Ordering::Relaxed);
         }
         words
@@ -303,7 +307,13 @@ pub fn response_descriptor(response: &GroupResponse) -> Result<Descriptor> {
         ResponseCode::Invalid => desc::ResponseCode::InvalidRequest,
         ResponseCode::Failure => desc::ResponseCode::ResponseFailure,
     };
-    desc::page_group_response(response.rid, response.pasid, response.prgi, code, response.private_data)
+    desc::page_group_response(
+        response.rid,
+        response.pasid,
+        response.prgi,
+        code,
+        response.private_data,
+    )
 }
 
 /// The Invalid response an undecodable descriptor is owed: only if it ended a group (Last or
@@ -314,7 +324,8 @@ pub fn invalid_response_for(words: [u64; 4]) -> Option<GroupResponse> {
     if (qw1 >> 2) & 1 == 0 && !pdp {
         return None;
     }
-    let pasid = if (qw0 >> 8) & 1 != 0 { Pasid::new(((qw0 >> 32) & 0xf_ffff) as u32).ok() } else { None };
+    let pasid =
+        if (qw0 >> 8) & 1 != 0 { Pasid::new(((qw0 >> 32) & 0xf_ffff) as u32).ok() } else { None };
     Some(GroupResponse {
         // CAST: fields masked to their widths.
         rid: RequesterId((qw0 >> 16) as u16),

@@ -417,8 +417,10 @@ impl InvalidationQueue {
     fn write_wait(&mut self, sequence: u32, page_drain: bool) -> Result<()> {
         // FN: later batches wait for this one, so a status write also orders page group
         // responses and invalidations across batches.
-        let completion =
-            WaitCompletion::StatusWrite { address: self.status_address(STATUS_SLOT), data: sequence };
+        let completion = WaitCompletion::StatusWrite {
+            address: self.status_address(STATUS_SLOT),
+            data: sequence,
+        };
         let wait = if page_drain {
             desc::wait_page_drain(completion, true, self.ecap)?
         } else {

@@ -337,13 +337,29 @@ impl Inner {
     }
 
     /// A page group response descriptor (0x9) reached the head of the invalidation queue.
-    pub(super) fn page_group_response(&mut self, index: u32, rid: u16, pasid: Option<u32>, code: u8, prgi: u16, private: Option<[u64; 2]>) {
-        self.record_response(PageResponse { source: ResponseSource::Queue(index), rid, pasid, prgi, code, private });
+    pub(super) fn page_group_response(
+        &mut self,
+        index: u32,
+        rid: u16,
+        pasid: Option<u32>,
+        code: u8,
+        prgi: u16,
+        private: Option<[u64; 2]>,
+    ) {
+        self.record_response(PageResponse {
+            source: ResponseSource::Queue(index),
+            rid,
+            pasid,
+            prgi,
+            code,
+            private,
+        });
     }
 
     fn record_response(&mut self, response: PageResponse) {
         self.prq.responses.push(response);
-        let owed = self.prq.owed.get_mut(&(response.rid, response.prgi)).and_then(VecDeque::pop_front);
+        let owed =
+            self.prq.owed.get_mut(&(response.rid, response.prgi)).and_then(VecDeque::pop_front);
         match owed {
             None => self.prq.problems.push(ResponseProblem::Unexpected { response }),
             Some(expected) if expected != response.private => {
@@ -431,13 +447,16 @@ impl RemappingUnit {
         InjectOutcome::Queued(tail as u32)
     }
 
-    /// PRS_REG (PPR, PRO).
+    /// PRS_REG (PPR, PRO), once register writes not yet processed took effect (the unit is
+    /// stepped).
     pub fn page_request_status(&self) -> u32 {
+        self.step();
         self.inner.borrow().prq.prs
     }
 
-    /// (PQH, PQT) as byte offsets.
+    /// (PQH, PQT) as byte offsets, once register writes not yet processed took effect.
     pub fn page_request_queue(&self) -> (u64, u64) {
+        self.step();
         let i = self.inner.borrow();
         (i.prq.pqh, i.prq.pqt)
     }
