@@ -12,8 +12,8 @@
 //!
 //! # Servicing
 //!
-//! [`PageRequestQueue::process`] clears PPR first (so a request written meanwhile raises a new
-//! event, as Linux's `prq_event_thread` does), reads at most `budget` entries from PQH towards
+//! [`PageRequestQueue::process`] clears PPR first if set (so a request written meanwhile
+//! raises a new event, as Linux's `prq_event_thread` does), reads at most `budget` entries from PQH towards
 //! PQT, hands each to the caller, and writes PQH once. [`service`] feeds them to a
 //! [`PageRequestService`] and sends its responses as page group response descriptors; an entry
 //! that does not decode is answered Invalid if it ended a group (Linux `handle_bad_prq_event`).
@@ -219,7 +219,12 @@ impl PageRequestQueue {
         budget: usize,
         mut f: impl FnMut(Result<PageRequestMessage>, [u64; 4]),
     ) -> Batch {
-        self.regs.write32(offset::PRS, prs::PPR);
+        // Clearing PPR before reading PQT means a request written after the read raises a new
+        // event. Written only when set: a clear PPR needs nothing, and skipping the write keeps
+        // an earlier PRO clear from being the write a plain-memory model merges away.
+        if self.status() & prs::PPR != 0 {
+            self.regs.write32(offset::PRS, prs::PPR);
+        }
         let tail = self.index(offset::PQT);
         let mut head = self.index(offset::PQH);
         // The descriptors before PQT were written before PQT was updated.
