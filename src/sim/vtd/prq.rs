@@ -481,3 +481,105 @@ impl RemappingUnit {
         self.inner.borrow().prq.injected
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::vtd::{self, Config, Interrupt, InterruptKind, ModelError};
+
+    const PRS_ECAP: u64 = 1 << 29;
+
+    /// A unit with page requests and a one-page queue set up through the registers.
+    fn unit() -> RemappingUnit {
+        let c = Config::qemu_scalable_first_stage();
+        let (_, u) = vtd::pair(c.clone().with_ecap(c.ecap | PRS_ECAP));
+        let base = u.memory().alloc_page().0;
+        u.write64(off::PQA, base);
+        u.write32(off::PEDATA, 0x77);
+        u.write32(off::PEADDR, 0xfee0_0000);
+        u.step();
+        u
+    }
+
+    fn req(prgi: u16) -> PageRequestDescriptor {
+        PageRequestDescriptor::read(0x10, None, prgi, true, 0x1000)
+    }
+
+    #[test]
+    fn the_event_follows_ppr_and_the_mask() {
+        let u = unit();
+        assert_eq!(u.read32(off::PECTL), ectl::IM, "reset: masked");
+        u.inject_page_request(req(1));
+        assert_eq!(u.read32(off::PECTL), ectl::IM | ectl::IP, "pending while masked");
+        assert!(u.interrupts().is_empty());
+        // Unmasking delivers the pending event and clears IP.
+        u.write32(off::PECTL, 0);
+        u.step();
+        let sent = Interrupt { kind: InterruptKind::PageRequest, address: 0xfee0_0000, data: 0x77 };
+        assert_eq!(u.interrupts(), [sent]);
+        assert_eq!(u.read32(off::PECTL), 0);
+        // PPR still set: no new event.
+        u.inject_page_request(req(2));
+        assert_eq!(u.interrupts().len(), 1);
+        // Software clears PPR: the next request raises one.
+        u.write32(off::PRS, prs::PPR);
+        u.step();
+        u.inject_page_request(req(3));
+        assert_eq!(u.interrupts().len(), 2);
+        assert_eq!(u.page_request_queue(), (0, 3 * ENTRY_BYTES));
+        assert!(u.errors().is_empty(), "{:?}", u.errors());
+    }
+
+    #[test]
+    fn a_full_queue_sets_pro_drops_and_answers_dropped_lasts() {
+        let u = unit();
+        for i in 0..127 {
+            assert_eq!(u.inject_page_request(req(i)), InjectOutcome::Queued(u32::from(i)));
+        }
+        // 128 entries, one kept empty: the 128th is dropped, a partial one silently.
+        assert_eq!(u.inject_page_request(req(200)), InjectOutcome::Dropped { auto_response: true });
+        let mut partial = req(201);
+        partial.last = false;
+        assert_eq!(u.inject_page_request(partial), InjectOutcome::Dropped { auto_response: false });
+        assert_eq!(
+            u.inject_page_request(PageRequestDescriptor::stop_marker(0x10, 1)),
+            InjectOutcome::Dropped { auto_response: false }
+        );
+        assert_eq!(u.page_request_status(), prs::PPR | prs::PRO);
+        let r = u.page_responses();
+        assert_eq!(
+            (r.len(), r[0].source, r[0].prgi, r[0].code),
+            (1, ResponseSource::Hardware, 200, 0)
+        );
+        // Software makes room but PRO stays: requests are still dropped until it is cleared.
+        u.write64(off::PQH, 64 * ENTRY_BYTES);
+        u.step();
+        assert_eq!(u.inject_page_request(req(202)), InjectOutcome::Dropped { auto_response: true });
+        u.write32(off::PRS, prs::PRO | prs::PPR);
+        u.step();
+        assert_eq!(u.read32(off::PECTL) & ectl::IP, 0, "both clear: IP clears");
+        assert_eq!(u.inject_page_request(req(203)), InjectOutcome::Queued(127));
+    }
+
+    #[test]
+    fn without_ecap_prs_the_registers_are_reserved() {
+        let (_, u) = vtd::pair(Config::qemu_scalable_first_stage());
+        u.write32(off::PQA, 0x1000);
+        u.step();
+        assert_eq!(u.read32(off::PQA), 0);
+        assert_eq!(u.errors(), [ModelError::ReadOnlyWrite { offset: off::PQA, value: 0x1000 }]);
+        assert_eq!(u.inject_page_request(req(1)), InjectOutcome::Unsupported);
+    }
+
+    #[test]
+    fn responses_nobody_is_owed_are_problems() {
+        let u = unit();
+        u.inject_page_request(PageRequestDescriptor { private: Some([1, 2]), ..req(1) });
+        let mut i = u.inner.borrow_mut();
+        i.page_group_response(0, 0x10, None, 0, 1, Some([1, 3]));
+        i.page_group_response(1, 0x10, None, 0, 1, None);
+        let problems = i.prq.problems.clone();
+        assert!(matches!(problems[0], ResponseProblem::PrivateData { expected: Some([1, 2]), .. }));
+        assert!(matches!(problems[1], ResponseProblem::Unexpected { .. }));
+    }
+}
