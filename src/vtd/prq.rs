@@ -343,19 +343,76 @@ pub fn invalid_response_for(words: [u64; 4]) -> Option<GroupResponse> {
 
 /// Sends responses as page group response descriptors through the invalidation queue, one
 /// batch (and one wait) each, so a response is known sent when `respond` returns.
+///
+/// A response whose batch was written but whose wait timed out ([`super::qi::WAIT_STATUS`]) is
+/// reported sent: it is in the ring and goes out when the unit resumes, so the service must not
+/// send it again. The timeout is kept ([`Self::error`]) and every later response through the
+/// same sink fails at once with it (not written, so the service keeps it for
+/// [`PageRequestService::flush_unsent`]) instead of waiting out the bound again.
 pub struct QueueSink<'a, P: Platform + ?Sized> {
-    /// The platform.
-    pub platform: &'a P,
-    /// The unit's invalidation queue (256-bit: page group responses are scalable-mode
-    /// descriptors).
-    pub queue: &'a mut InvalidationQueue,
+    platform: &'a P,
+    queue: &'a mut InvalidationQueue,
+    failed: Option<Error>,
+}
+
+impl<'a, P: Platform + ?Sized> QueueSink<'a, P> {
+    /// A sink on `queue` (256-bit: page group responses are scalable-mode descriptors).
+    pub fn new(platform: &'a P, queue: &'a mut InvalidationQueue) -> Self {
+        Self { platform, queue, failed: None }
+    }
+
+    /// The invalidation queue timeout this sink met, if any.
+    pub const fn error(&self) -> Option<Error> {
+        self.failed
+    }
 }
 
 impl<P: Platform + ?Sized> ResponseSink for QueueSink<'_, P> {
     fn respond(&mut self, response: &GroupResponse) -> Result<()> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
         let d = response_descriptor(response)?;
-        self.queue.submit(self.platform, &[d])
+        match self.queue.submit(self.platform, &[d]) {
+            Err(e @ Error::Timeout { what, .. }) if what == super::qi::WAIT_STATUS => {
+                self.failed = Some(e);
+                Ok(())
+            }
+            Err(e @ Error::Timeout { .. }) => {
+                self.failed = Some(e);
+                Err(e)
+            }
+            other => other,
+        }
     }
+}
+
+/// The invalidations that tear down what a function's PASID (or, with `pasid` None, its
+/// requests without PASID) may have cached, as Linux's `intel_iommu_drain_pasid_prq` submits
+/// them before its drain: the PASID-based IOTLB (or the domain's IOTLB), and, if the function
+/// has ATS (`device_tlb`: its PF's source ID and its Invalidate Queue Depth), everything in its
+/// device TLB.
+pub fn teardown_invalidations(
+    did: u16,
+    rid: RequesterId,
+    pasid: Option<Pasid>,
+    device_tlb: Option<(RequesterId, u8)>,
+) -> Result<heapless::Vec<Descriptor, 2>> {
+    let mut v = heapless::Vec::new();
+    let iotlb = match pasid {
+        Some(p) => desc::pasid_iotlb_all(did, p),
+        None => desc::iotlb_domain(did, desc::Drain::default()),
+    };
+    // Two pushes into a vector of two cannot fail.
+    let _ = v.push(iotlb);
+    if let Some((pfsid, qdep)) = device_tlb {
+        let d = match pasid {
+            Some(p) => desc::pasid_device_tlb(rid, pfsid, qdep, p, 0, 52, false)?,
+            None => desc::device_tlb(rid, pfsid, qdep, 0, 52)?,
+        };
+        let _ = v.push(d);
+    }
+    Ok(v)
 }
 
 /// One pass over the queue: up to `budget` descriptors fed to `service` (undecodable ones
@@ -378,7 +435,7 @@ where
     R: Router,
     H: Handler<R::Attachment>,
 {
-    let mut sink = QueueSink { platform, queue };
+    let mut sink = QueueSink::new(platform, queue);
     let mut first_error = None;
     let batch = prq.process(platform, budget, |decoded, words| {
         let result = match decoded {
@@ -392,6 +449,9 @@ where
             first_error.get_or_insert(e);
         }
     });
+    if let Some(e) = sink.error() {
+        first_error.get_or_insert(e);
+    }
     if batch.overflow && batch.remaining == 0 && first_error.is_none() {
         // Every entry read has been answered (or is held awaiting its end): resynchronise,
         // then let requests in again.
@@ -461,7 +521,12 @@ where
             value: u64::from(prq.status()),
         });
     }
-    service_.abort_attachment(attachment, &mut QueueSink { platform, queue })
+    let mut sink = QueueSink::new(platform, queue);
+    let answered = service_.abort_attachment(attachment, &mut sink)?;
+    match sink.error() {
+        Some(e) => Err(e),
+        None => Ok(answered),
+    }
 }
 
 #[cfg(test)]

@@ -70,6 +70,11 @@ pub const DEVICE_TLB_TIMEOUT: Duration = Duration::from_secs(90);
 /// domain-selective invalidation (each range splits into naturally aligned power-of-two blocks).
 pub const MAX_FLUSH_DESCRIPTORS: usize = 32;
 
+/// What [`Error::Timeout`] names when a batch was written and the doorbell rung but its wait
+/// status never came: the batch stays queued and runs if the unit resumes (unlike a timeout
+/// waiting for space, when nothing was written).
+pub const WAIT_STATUS: &str = "VT-d invalidation wait status";
+
 /// Descriptor width of the queue (IQA.DW, §11.4.7.3).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -493,7 +498,7 @@ impl InvalidationQueue {
         let mut awaited = sequence;
         let mut wait_slot = wait_index;
         let mut reported: Option<Error> = None;
-        poll(platform, "VT-d invalidation wait status", timeout, || {
+        poll(platform, WAIT_STATUS, timeout, || {
             // Acquire: what the unit wrote before the status (nothing the CPU reads today, but a
             // page-request drain relies on it) is visible after it.
             if self.status_slot(STATUS_SLOT).load(Ordering::Acquire) == awaited {

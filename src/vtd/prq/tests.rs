@@ -437,7 +437,9 @@ fn drain_answers_the_attachments_groups_with_fence_and_page_drain() {
     let (mut r, mut table, mut svc, ids) = drain_setup(PRS | PDS);
     // A request of attachment 1 the unit has received but not yet written.
     r.model.post_page_request(PageRequestDescriptor::read(0x0008, Some(3), 3, true, 0x3000));
-    let inv = [desc::pasid_iotlb_all(5, Pasid::new(3).unwrap())];
+    let inv =
+        teardown_invalidations(5, RequesterId(0x0008), Some(Pasid::new(3).unwrap()), None).unwrap();
+    assert_eq!(inv[..], [desc::pasid_iotlb_all(5, Pasid::new(3).unwrap())]);
     let start = r.p.now();
     let q = r.unit.queue().unwrap();
     let answered = drain(&mut r.prq, &r.p, q, &mut svc, &mut table, &mut ok, 1, &inv).unwrap();
@@ -461,12 +463,8 @@ fn drain_answers_the_attachments_groups_with_fence_and_page_drain() {
     assert!(waits.contains(&(true, true)), "a fenced page-drain wait: {waits:?}");
     // Attachment 2 is untouched and completes normally.
     assert_eq!(svc.pending_for(2), 1);
-    svc.complete(
-        ids[1],
-        ResponseCode::Success,
-        &mut QueueSink { platform: &r.p, queue: r.unit.queue().unwrap() },
-    )
-    .unwrap();
+    svc.complete(ids[1], ResponseCode::Success, &mut QueueSink::new(&r.p, r.unit.queue().unwrap()))
+        .unwrap();
     // The released partial group's end arrives late (the integrator already unrouted it):
     // answered Invalid, once.
     table.0.remove(&(0x0008, Some(3)));
@@ -639,4 +637,42 @@ proptest::proptest! {
         }
         proptest::prop_assert_eq!(svc.stats().early_responses, 0);
     }
+}
+
+#[test]
+fn teardown_invalidations_are_what_linux_submits_before_a_drain() {
+    let p = Pasid::new(0x12).unwrap();
+    let v = teardown_invalidations(7, RequesterId(0x0109), Some(p), Some((RequesterId(0x0100), 4)))
+        .unwrap();
+    // QI_EIOTLB (G=2, non-global for one PASID) and QI_DEIOTLB for the whole address space.
+    assert_eq!(v[0].words(), [0x6 | 2 << 4 | 7 << 16 | 0x12 << 32, 0, 0, 0]);
+    assert_eq!(v[1].kind(), 0x8);
+    assert_eq!(v[1].words()[1] & 1 << 11, 1 << 11, "S: a range");
+    let v = teardown_invalidations(7, RequesterId(0x0109), None, None).unwrap();
+    assert_eq!(v[..], [desc::iotlb_domain(7, desc::Drain::default())]);
+}
+
+#[test]
+fn a_dead_invalidation_queue_fails_responses_fast_and_keeps_them() {
+    let mut r = rig(PRS, 1);
+    let mut table = Table::default();
+    table.0.insert((0x10, None), 1);
+    let mut svc = Svc::new();
+    for prgi in 0..5 {
+        r.model.inject_page_request(PageRequestDescriptor::read(0x10, None, prgi, true, 0x1000));
+    }
+    let q = r.unit.queue().unwrap();
+    q.set_timeout(Duration::from_millis(2));
+    r.model.stall_next_wait();
+    let start = r.p.now();
+    let e = service(&mut r.prq, &r.p, q, &mut svc, &mut table, &mut ok, 64).unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }));
+    // One bound waited, not five. The first response is in the ring behind the stalled wait
+    // and counts as sent; the four others were never written and are kept.
+    assert!(r.p.now().since(start) < Duration::from_millis(5));
+    assert_eq!(svc.unsent(), 4);
+    r.model.release_stalled_wait();
+    let q = r.unit.queue().unwrap();
+    svc.flush_unsent(&mut QueueSink::new(&r.p, q)).unwrap();
+    assert_all_answered_once(&r.model);
 }
