@@ -473,6 +473,14 @@ where
 /// tail, in budget-sized passes bounded by the queue size, and the drain repeats (at most
 /// [`DRAIN_ROUNDS`]) while PRO shows that requests were dropped meanwhile. A wait that never
 /// completes fails with [`Error::Timeout`] within the invalidation queue's bound.
+///
+/// Requests of the attachment found in the queue go through `router` like any other: a caller
+/// that already removed the attachment from its table gets them answered Invalid at once; one
+/// that still routes them lets `handler` see them before the abort.
+///
+/// A request is never answered before its group ends: a partial group of the attachment is
+/// released, and its end, if it still comes, is answered Invalid
+/// ([`PageRequestService::abort_attachment`]).
 #[allow(clippy::too_many_arguments, reason = "the queue, its service and the three parties")]
 pub fn drain<P, R, H, const GROUPS: usize, const PER_GROUP: usize>(
     prq: &mut PageRequestQueue,

@@ -1,7 +1,8 @@
 //! A model of one Intel VT-d remapping unit, [`RemappingUnit`], for host tests of the driver
 //! and for integrators: registers and the GCMD/GSTS handshake (§11.4), queued invalidation
 //! (§6.5.2), legacy and scalable-mode translation with an IOTLB and context/PASID caches (§3,
-//! §9), and fault recording and fault events (§7.2, §7.4).
+//! §9), fault recording and fault events (§7.2, §7.4), and the page request queue with page
+//! group responses ([`prq`], §7.5).
 //!
 //! It follows the specification (rev. 4.x/5.x); where QEMU 10.0.2 differs in a way a driver
 //! could come to rely on (qemu notes §1), the model behaves like hardware and records a
@@ -50,7 +51,8 @@
 //! # Not modelled
 //!
 //! Page requests ([`prq`], ECAP.PRS) are modelled from the unit's side only: a test injects
-//! what a device would send; no device model issues them on its own. Also absent: interrupt remapping
+//! what a device would send (no device model issues them, and the PRE bit of the context entry
+//! is not checked before a request is queued). Also absent: interrupt remapping
 //! (SIRTP latches IRTA, IEC descriptors are logged), advanced fault logging, protected memory
 //! regions, caching mode's caching of not-present entries, paging-structure caches (only leaf
 //! translations are cached), second-stage A/D bits, first-stage XD/NXE and privileged or

@@ -204,8 +204,10 @@ const PDS: u64 = 1 << 42;
 
 fn config(extra: u64) -> Config {
     let c = Config::qemu_scalable_first_stage();
-    let ecap = c.ecap | extra;
-    c.with_ecap(ecap)
+    match (extra & PRS != 0, extra & PDS != 0) {
+        (false, _) => c,
+        (true, drain) => c.with_page_requests(drain),
+    }
 }
 
 struct Rig {
