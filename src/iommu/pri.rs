@@ -350,9 +350,19 @@ impl<A: Copy + Eq, const GROUPS: usize, const PER_GROUP: usize>
         private_data: None,
     };
 
+    /// Group ids carry the slot as a `u16`; a group holds at least one request.
+    const SIZES_OK: () = assert!(
+        GROUPS >= 1 && GROUPS <= u16::MAX as usize && PER_GROUP >= 1,
+        "PageRequestService needs 1..=65535 groups of at least one request"
+    );
+
     /// An empty service. Usable without any hardware: feed it [`PageRequestMessage`]s with a
     /// [`Router`], a [`Handler`] and a [`ResponseSink`] of your own.
+    ///
+    /// It holds `GROUPS * PER_GROUP` requests inline (a few dozen bytes each): a large service
+    /// belongs in a static or a boxed allocation made at init, not on a small stack.
     pub const fn new() -> Self {
+        let () = Self::SIZES_OK;
         Self {
             slots: [Self::FREE; GROUPS],
             remembered: Vec::new(),
@@ -579,7 +589,7 @@ impl<A: Copy + Eq, const GROUPS: usize, const PER_GROUP: usize>
         } else {
             self.stats.groups_handled += 1;
             let group = Group {
-                // CAST: GROUPS slots are addressed by u16 (checked in `complete`).
+                // CAST: GROUPS <= u16::MAX (`SIZES_OK`).
                 id: GroupId { slot: i as u16, generation: slot.generation },
                 attachment: route.attachment,
                 rid: slot.key.rid,
