@@ -16,6 +16,52 @@
 //! once; nothing allocates. It can be built and driven without any hardware or model
 //! ([`PageRequestService::new`] is a `const fn`), which is how a benchmark should drive it.
 //!
+//! ```
+//! use pcie_iommu::iommu::pri::*;
+//! use pcie_iommu::{Pasid, RequesterId};
+//!
+//! struct OnePasid;
+//! impl Router for OnePasid {
+//!     type Attachment = u32;
+//!     fn route(&mut self, rid: RequesterId, pasid: Option<Pasid>) -> Routing<u32> {
+//!         match pasid.map(Pasid::get) {
+//!             Some(1) => Routing::Attached(Route {
+//!                 attachment: 7,
+//!                 pasid_in_response: true,
+//!                 is_vf: false,
+//!                 pf: rid,
+//!             }),
+//!             _ => Routing::Unattached { pasid_in_response: true },
+//!         }
+//!     }
+//! }
+//! struct Count(usize);
+//! impl ResponseSink for Count {
+//!     fn respond(&mut self, _: &GroupResponse) -> pcie_iommu::Result<()> {
+//!         self.0 += 1;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! // A `const fn`: it can also initialise a static, sized once for the whole system.
+//! let mut service = PageRequestService::<u32, 64, 8>::new();
+//! let mut sink = Count(0);
+//! let mut handler = |_: &Group<'_, u32>| Disposition::Respond(ResponseCode::Success);
+//! let request = PageRequest {
+//!     rid: RequesterId(0x10),
+//!     pasid: Some(Pasid::new(1).unwrap()),
+//!     prgi: 3,
+//!     last: true,
+//!     access: Access { read: true, ..Access::default() },
+//!     address: 0x1000,
+//!     private_data: None,
+//! };
+//! service
+//!     .receive(PageRequestMessage::Request(request), &mut OnePasid, &mut handler, &mut sink)
+//!     .unwrap();
+//! assert_eq!((sink.0, service.pending()), (1, 0));
+//! ```
+//!
 //! # What is answered, and how
 //!
 //! - A group is answered once, when the request that ends it arrives: Last-in-group, or (VT-d
