@@ -115,7 +115,7 @@ impl PageRequestQueue {
     /// 128 entries per page) for `unit` and points PQA at it, with PQH = PQT = 0 (the order
     /// Linux uses). Fails with [`Error::Unsupported`] carrying ECAP when the unit has no page
     /// requests (ECAP.PRS clear: the registers are reserved then, §11.4.24, and are not
-    /// touched).
+    /// touched) or runs in legacy mode.
     ///
     /// Page requests also need the page request event routed ([`Self::enable_event`]) and
     /// PRE set in the context entries of the functions that may send them.
@@ -124,6 +124,14 @@ impl PageRequestQueue {
         if !ecap.prs() {
             return Err(Error::Unsupported {
                 what: "VT-d ECAP.PRS (page requests)",
+                value: ecap.0,
+            });
+        }
+        // Page requests are enabled per function in scalable-mode context entries (PRE) and
+        // answered with 256-bit page group response descriptors: legacy mode has neither.
+        if unit.mode() != super::unit::TableMode::Scalable {
+            return Err(Error::Unsupported {
+                what: "VT-d page requests need scalable mode (RTADDR.TTM)",
                 value: ecap.0,
             });
         }

@@ -277,6 +277,29 @@ fn without_ecap_prs_the_queue_is_refused_and_its_registers_untouched() {
         model.inject_page_request(PageRequestDescriptor::default()),
         InjectOutcome::Unsupported
     );
+    // With PRS but in legacy mode: refused too (no PRE, no 256-bit responses).
+    let (p, model) = vtd::pair(config(PRS));
+    let unit = Unit::new(&p, vtd::DEFAULT_BASE, model.window_size(), TableMode::Legacy).unwrap();
+    assert!(matches!(
+        PageRequestQueue::new(&p, &unit, 1),
+        Err(Error::Unsupported { what, .. }) if what.contains("scalable")
+    ));
+}
+
+#[test]
+fn queue_sizes_pqs_cannot_express_are_refused() {
+    let (p, model) = vtd::pair(config(PRS));
+    let unit = Unit::new(&p, vtd::DEFAULT_BASE, model.window_size(), TableMode::Scalable).unwrap();
+    assert!(matches!(
+        PageRequestQueue::new(&p, &unit, 3),
+        Err(Error::InvalidField { value: 3, .. })
+    ));
+    assert!(matches!(PageRequestQueue::new(&p, &unit, 256), Err(Error::InvalidField { .. })));
+    let q = PageRequestQueue::new(&p, &unit, 128).unwrap();
+    assert_eq!(q.entries(), 128 * 128);
+    model.step();
+    // PQA: base | PQS 7.
+    assert_eq!(model.read64(0xd0) & 7, 7);
 }
 
 #[test]
