@@ -473,6 +473,13 @@ pub enum Error {
         /// What is left of the queue's capacity.
         available: u32,
     },
+    /// A hardware page request queue entry that is not a valid page request (VT-d page request
+    /// descriptor, §7.5.1.1: wrong type, reserved bits set, or an access combination PCIe does
+    /// not allow). The raw words are kept for the log.
+    InvalidPageRequest {
+        /// The first two quadwords as the hardware wrote them.
+        words: [u64; 2],
+    },
 }
 
 impl fmt::Display for Error {
@@ -519,7 +526,10 @@ impl fmt::Display for Error {
                 write!(f, "cannot map MMIO {base:#x}+{size:#x}")
             }
             Error::MmioOutOfRange { offset, width, len } => {
-                write!(f, "MMIO access of {width} bytes at {offset:#x} outside a {len:#x}-byte region")
+                write!(
+                    f,
+                    "MMIO access of {width} bytes at {offset:#x} outside a {len:#x}-byte region"
+                )
             }
             Error::Timeout { what, waited_us } => write!(f, "{what}: no answer in {waited_us} us"),
             Error::Hardware { what, value } => write!(f, "{what}: unusable value {value:#x}"),
@@ -558,7 +568,10 @@ impl fmt::Display for Error {
                 write!(f, "{bdf}: ATS STU {requested} asked, PF has {programmed}")
             }
             Error::BusNumbersExhausted { bridge, last } => {
-                write!(f, "{bridge}: no bus number left for its secondary bus (last bus {last:#04x})")
+                write!(
+                    f,
+                    "{bridge}: no bus number left for its secondary bus (last bus {last:#04x})"
+                )
             }
             Error::SriovNumVfs { pf, requested, total } => {
                 write!(f, "{pf}: SR-IOV: {requested} VFs asked, TotalVFs is {total}")
@@ -577,7 +590,10 @@ impl fmt::Display for Error {
                 write!(f, "{pf}: SR-IOV configuration locked, {assigned} VFs assigned")
             }
             Error::SriovLockCount { pf, assigned, enabled } => {
-                write!(f, "{pf}: SR-IOV lock count {assigned} out of range for {enabled} enabled VFs")
+                write!(
+                    f,
+                    "{pf}: SR-IOV lock count {assigned} out of range for {enabled} enabled VFs"
+                )
             }
             Error::SriovVfBarUnplaced { pf, index } => {
                 write!(f, "{pf}: SR-IOV VF BAR {index} has no aperture assigned")
@@ -638,6 +654,9 @@ impl fmt::Display for Error {
                 "IOMMU {iommu}: PRI allocation of {requested} exceeds the {available} page \
                  request queue entries left"
             ),
+            Error::InvalidPageRequest { words } => {
+                write!(f, "invalid page request descriptor {:#018x} {:#018x}", words[0], words[1])
+            }
         }
     }
 }
@@ -658,7 +677,12 @@ mod tests {
 
     #[test]
     fn display_carries_the_bad_value() {
-        let e = Error::LengthOverrun { what: "DMAR DRHD", offset: 0x30, length: 0x100, available: 0x50 };
+        let e = Error::LengthOverrun {
+            what: "DMAR DRHD",
+            offset: 0x30,
+            length: 0x100,
+            available: 0x50,
+        };
         assert_eq!(e.to_string(), "DMAR DRHD at 0x30: length 0x100 overruns the 0x50 bytes left");
         let e = Error::BadSignature { what: "MCFG", found: signature_bytes(b"APIC") };
         assert!(e.to_string().contains("APIC"));

@@ -113,7 +113,11 @@ impl Drop for PendingInvalidation {
     fn drop(&mut self) {
         // An unflushed change is a driver bug: in tests make it loud. In production the pages
         // leak (never reused while a walk cache may hold them).
-        debug_assert!(self.is_empty(), "PendingInvalidation dropped without a flush: {:?}", self.ranges);
+        debug_assert!(
+            self.is_empty(),
+            "PendingInvalidation dropped without a flush: {:?}",
+            self.ranges
+        );
         // `freed` drops its `DmaPages` without freeing them (no `Drop`): leaked, never reused.
     }
 }
@@ -127,7 +131,10 @@ mod tests {
         let mut p = PendingInvalidation::new(7);
         p.add(0x1000, 0x1000, true);
         p.add(0x2000, 0x1000, false);
-        assert_eq!(p.ranges.as_slice(), &[InvalidationRange { start: 0x1000, len: 0x2000, leaf_only: false }]);
+        assert_eq!(
+            p.ranges.as_slice(),
+            &[InvalidationRange { start: 0x1000, len: 0x2000, leaf_only: false }]
+        );
         for i in 0..MAX_RANGES as u64 {
             p.add(0x10_0000 * (i + 2), 0x1000, true);
         }

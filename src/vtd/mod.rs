@@ -5,13 +5,16 @@
 //! translation tables ([`context`] for root and context entries and domain IDs, [`pasid`] for
 //! scalable-mode PASID directories and entries) and the invalidation queue ([`qi`]) that issues
 //! the [`descriptor`]s every change owes. [`remapping`] brings up every unit a DMAR reports and
-//! identity-maps its RMRRs before translation is enabled.
+//! identity-maps its RMRRs before translation is enabled. [`prq`] reads the page request queue
+//! (ECAP.PRS) into the architecture-neutral [`crate::iommu::pri`] service and sends its page
+//! group responses.
 
 pub mod backend;
 pub mod context;
 pub mod descriptor;
 pub mod fault;
 pub mod pasid;
+pub mod prq;
 pub mod qi;
 pub mod regs;
 pub mod remapping;

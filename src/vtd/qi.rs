@@ -70,6 +70,11 @@ pub const DEVICE_TLB_TIMEOUT: Duration = Duration::from_secs(90);
 /// domain-selective invalidation (each range splits into naturally aligned power-of-two blocks).
 pub const MAX_FLUSH_DESCRIPTORS: usize = 32;
 
+/// What [`Error::Timeout`] names when a batch was written and the doorbell rung but its wait
+/// status never came: the batch stays queued and runs if the unit resumes (unlike a timeout
+/// waiting for space, when nothing was written).
+pub const WAIT_STATUS: &str = "VT-d invalidation wait status";
+
 /// Descriptor width of the queue (IQA.DW, §11.4.7.3).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -353,6 +358,32 @@ impl InvalidationQueue {
         platform: &P,
         descriptors: &[Descriptor],
     ) -> Result<()> {
+        self.submit_batch(platform, descriptors, false)
+    }
+
+    /// As [`Self::submit`], but the batch's wait descriptor also drains page requests (PD,
+    /// §6.5.2.8 and §7.10): when its status is written, every page request the unit received
+    /// before it is in the page request queue. Needs ECAP.PDS ([`Error::Unsupported`] otherwise).
+    pub fn submit_with_page_drain<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        descriptors: &[Descriptor],
+    ) -> Result<()> {
+        if !self.ecap.pds() {
+            return Err(Error::Unsupported {
+                what: "VT-d ECAP.PDS (page-request drain)",
+                value: self.ecap.0,
+            });
+        }
+        self.submit_batch(platform, descriptors, true)
+    }
+
+    fn submit_batch<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        descriptors: &[Descriptor],
+        page_drain: bool,
+    ) -> Result<()> {
         for d in descriptors {
             self.check(d)?;
         }
@@ -375,7 +406,7 @@ impl InvalidationQueue {
         }
         let sequence = self.next_sequence();
         let wait_index = self.tail;
-        self.write_wait(sequence)?;
+        self.write_wait(sequence, page_drain)?;
         self.ring_doorbell(platform);
         self.stats.batches += 1;
         // CAST: usize to u64.
@@ -388,16 +419,18 @@ impl InvalidationQueue {
         self.complete(platform, sequence, start, wait_index, timeout)
     }
 
-    fn write_wait(&mut self, sequence: u32) -> Result<()> {
+    fn write_wait(&mut self, sequence: u32, page_drain: bool) -> Result<()> {
         // FN: later batches wait for this one, so a status write also orders page group
         // responses and invalidations across batches.
-        let wait = desc::wait(
-            WaitCompletion::StatusWrite {
-                address: self.status_address(STATUS_SLOT),
-                data: sequence,
-            },
-            true,
-        )?;
+        let completion = WaitCompletion::StatusWrite {
+            address: self.status_address(STATUS_SLOT),
+            data: sequence,
+        };
+        let wait = if page_drain {
+            desc::wait_page_drain(completion, true, self.ecap)?
+        } else {
+            desc::wait(completion, true)?
+        };
         self.write_slot(self.tail, &wait);
         self.tail = (self.tail + 1) % self.entries;
         self.stats.waits += 1;
@@ -465,7 +498,7 @@ impl InvalidationQueue {
         let mut awaited = sequence;
         let mut wait_slot = wait_index;
         let mut reported: Option<Error> = None;
-        poll(platform, "VT-d invalidation wait status", timeout, || {
+        poll(platform, WAIT_STATUS, timeout, || {
             // Acquire: what the unit wrote before the status (nothing the CPU reads today, but a
             // page-request drain relies on it) is visible after it.
             if self.status_slot(STATUS_SLOT).load(Ordering::Acquire) == awaited {
@@ -508,7 +541,7 @@ impl InvalidationQueue {
                 if self.head() == self.tail {
                     awaited = self.next_sequence();
                     wait_slot = self.tail;
-                    if let Err(e) = self.write_wait(awaited) {
+                    if let Err(e) = self.write_wait(awaited, false) {
                         return Some(Err(e));
                     }
                     self.stats.descriptors += 1;

@@ -239,6 +239,12 @@ impl Unit {
         Ok(())
     }
 
+    /// A second handle on the unit's registers, for the page request queue (which owns the
+    /// PQ* and PE* registers while the unit owns the rest).
+    pub(crate) fn registers(&self) -> Result<MmioRegion> {
+        self.regs.subregion(0, self.regs.len())
+    }
+
     /// The invalidation queue, once [enabled](Self::enable_queued_invalidation).
     pub fn queue(&mut self) -> Result<&mut InvalidationQueue> {
         self.queue.as_mut().ok_or(Error::NotFound { what: "VT-d invalidation queue (not enabled)" })

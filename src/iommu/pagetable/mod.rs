@@ -623,9 +623,12 @@ impl<F: PageTableFormat> IoPageTable<F> {
                 Pte::Absent => {}
                 Pte::Leaf { .. } => return Err(Error::AlreadyMapped { iova }),
                 Pte::Table(_) if level == 1 => return Err(Error::AlreadyMapped { iova }),
-                Pte::Table(phys) => {
-                    self.check_free(child(node, idx, phys).ok_or(NO_SHADOW)?, level - 1, iova, chunk)?
-                }
+                Pte::Table(phys) => self.check_free(
+                    child(node, idx, phys).ok_or(NO_SHADOW)?,
+                    level - 1,
+                    iova,
+                    chunk,
+                )?,
             }
             iova = iova.wrapping_add(chunk);
             len -= chunk;
@@ -969,7 +972,8 @@ fn child(node: Node, idx: usize, phys: PhysAddr) -> Option<Node> {
 }
 
 /// The error for a table entry whose CPU-side shadow is missing (see [`child`]).
-const NO_SHADOW: Error = Error::Hardware { what: "I/O page table entry without its table shadow", value: 0 };
+const NO_SHADOW: Error =
+    Error::Hardware { what: "I/O page table entry without its table shadow", value: 0 };
 
 fn table_is_empty(node: Node) -> bool {
     (0..ENTRIES).all(|i| load(node, i) == 0)

@@ -1,7 +1,8 @@
 //! A model of one Intel VT-d remapping unit, [`RemappingUnit`], for host tests of the driver
 //! and for integrators: registers and the GCMD/GSTS handshake (§11.4), queued invalidation
 //! (§6.5.2), legacy and scalable-mode translation with an IOTLB and context/PASID caches (§3,
-//! §9), and fault recording and fault events (§7.2, §7.4).
+//! §9), fault recording and fault events (§7.2, §7.4), and the page request queue with page
+//! group responses ([`prq`], §7.5).
 //!
 //! It follows the specification (rev. 4.x/5.x); where QEMU 10.0.2 differs in a way a driver
 //! could come to rely on (qemu notes §1), the model behaves like hardware and records a
@@ -49,9 +50,9 @@
 //!
 //! # Not modelled
 //!
-//! The page request queue registers (PQH/PQT/PQA/PRS/PECTL/PEDATA/PEADDR/PEUADDR) are plain
-//! storage (PECTL resets with IM set): page requests belong to a later issue; page group
-//! response descriptors are decoded and logged for it. Also absent: interrupt remapping
+//! Page requests ([`prq`], ECAP.PRS) are modelled from the unit's side only: a test injects
+//! what a device would send (no device model issues them, and the PRE bit of the context entry
+//! is not checked before a request is queued). Also absent: interrupt remapping
 //! (SIRTP latches IRTA, IEC descriptors are logged), advanced fault logging, protected memory
 //! regions, caching mode's caching of not-present entries, paging-structure caches (only leaf
 //! translations are cached), second-stage A/D bits, first-stage XD/NXE and privileged or
@@ -61,6 +62,7 @@
 
 use crate::sim::std;
 mod memory;
+pub mod prq;
 mod qi;
 pub mod regs;
 #[cfg(test)]
@@ -79,6 +81,7 @@ pub use qi::{
     CcGranularity, Descriptor, IotlbGranularity, LoggedDescriptor, PasidCacheGranularity,
     PasidIotlbGranularity, Source,
 };
+pub use prq::{InjectOutcome, PageRequestDescriptor, PageResponse, ResponseProblem, ResponseSource};
 pub use regs::Config;
 pub use walk::{Translation, TranslationKind};
 
@@ -197,6 +200,8 @@ pub enum InterruptKind {
     Fault,
     /// The invalidation completion event (IECTL/IEDATA/IEADDR, §6.5.2.8).
     InvalidationCompletion,
+    /// The page request event (PECTL/PEDATA/PEADDR, §7.5).
+    PageRequest,
 }
 
 /// An interrupt message the unit sent (an MSI write the test can look at).
@@ -343,9 +348,8 @@ pub(crate) struct Inner {
     pub(crate) iqercd: u64,
     irta: u64,
     irta_latched: Option<u64>,
-    /// Page request registers (0xc0..0xf0), plain storage: their behaviour belongs to a later
-    /// issue.
-    prq: BTreeMap<usize, u32>,
+    /// Page request queue (0xc0..0xf0).
+    pub(crate) prq: prq::PrqState,
     iva: u64,
     iotlb_reg: u64,
     frcd: Vec<[u32; 4]>,
@@ -412,7 +416,7 @@ impl RemappingUnit {
             iqercd: 0,
             irta: 0,
             irta_latched: None,
-            prq: BTreeMap::new(),
+            prq: prq::PrqState::new(),
             iva: 0,
             iotlb_reg: 0,
             frcd: std::vec![[0; 4]; nfr],
@@ -431,7 +435,6 @@ impl RemappingUnit {
             steps: 0,
             cfg: config,
         };
-        inner.prq.insert(off::PECTL, ectl::IM);
         inner.publish();
         Self { inner: Rc::new(RefCell::new(inner)) }
     }
@@ -766,7 +769,7 @@ impl Inner {
             0xb4 => hi(self.iqercd),
             off::IRTA => lo(self.irta),
             0xbc => hi(self.irta),
-            0xc0..=0xef => self.prq.get(&o).copied().unwrap_or(0),
+            0xc0..=0xef => self.render_prq(o),
             _ => 0,
         }
     }
@@ -877,9 +880,7 @@ impl Inner {
             off::IEUADDR => self.ieuaddr = v,
             off::IRTA => Self::set_lo(&mut self.irta, v),
             0xbc => Self::set_hi(&mut self.irta, v),
-            0xc0..=0xef => {
-                self.prq.insert(o, v);
-            }
+            0xc0..=0xef => self.write_prq(o, v),
             _ => {}
         }
     }
@@ -1044,13 +1045,21 @@ impl Inner {
     }
 
     /// Sends pending interrupts whose mask is clear (IP then clears, §7.4.1).
-    fn deliver_pending(&mut self) {
+    pub(crate) fn deliver_pending(&mut self) {
         if self.fectl & (ectl::IP | ectl::IM) == ectl::IP {
             self.fectl &= !ectl::IP;
             self.interrupts.push(Interrupt {
                 kind: InterruptKind::Fault,
                 address: u64::from(self.feaddr) | u64::from(self.feuaddr) << 32,
                 data: self.fedata,
+            });
+        }
+        if self.prq_event_pending() {
+            self.prq.pectl &= !ectl::IP;
+            self.interrupts.push(Interrupt {
+                kind: InterruptKind::PageRequest,
+                address: u64::from(self.prq.peaddr) | u64::from(self.prq.peuaddr) << 32,
+                data: self.prq.pedata,
             });
         }
         if self.iectl & (ectl::IP | ectl::IM) == ectl::IP {

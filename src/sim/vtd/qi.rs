@@ -470,6 +470,9 @@ impl Inner {
                 self.stalled = true;
                 return;
             }
+            if let Descriptor::PageGroupResponse { rid, pasid, private_present, response, index: prgi, private, .. } = d {
+                self.page_group_response(index, rid, pasid, response, prgi, private_present.then_some(private));
+            }
             let stop = self.execute(&d);
             self.log.push(LoggedDescriptor { source: super::Source::Queue(index), raw: w, descriptor: d });
             head = (head + 1) % entries;
@@ -549,7 +552,12 @@ impl Inner {
                 }
             }
             Descriptor::InterruptEntryCache { .. } | Descriptor::PageGroupResponse { .. } => {}
-            Descriptor::Wait { status, interrupt, .. } => {
+            Descriptor::Wait { status, interrupt, drain, .. } => {
+                // PD (§7.10): page requests received before the wait are in the page request
+                // queue before its status is written.
+                if drain {
+                    self.deliver_posted();
+                }
                 if let Some((address, data)) = status
                     && !self.mem.write_u32(address, data)
                 {

@@ -269,6 +269,13 @@ impl Config {
         self
     }
 
+    /// Adds page requests (ECAP.PRS, bit 29) and, with `drain`, page-request drain in wait
+    /// descriptors (ECAP.PDS, bit 42). QEMU 10.0.2 offers neither.
+    pub fn with_page_requests(mut self, drain: bool) -> Self {
+        self.ecap |= 1 << 29 | u64::from(drain) << 42;
+        self
+    }
+
     /// Enables or disables fault compression.
     pub fn with_fault_compression(mut self, on: bool) -> Self {
         self.compress_faults = on;
