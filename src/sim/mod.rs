@@ -10,4 +10,7 @@ extern crate std;
 pub mod pci;
 pub mod vtd;
 
+#[cfg(test)]
+mod fault_injection;
+
 pub use pci::Topology;
