@@ -308,7 +308,8 @@ pub fn vtd_queue(data: &[u8]) {
         crate::vtd::TableMode::Legacy
     };
     let (p, model) = crate::sim::vtd::pair(config);
-    let Ok(mut unit) = crate::vtd::Unit::new(&p, crate::sim::vtd::DEFAULT_BASE, model.window_size(), mode)
+    let Ok(mut unit) =
+        crate::vtd::Unit::new(&p, crate::sim::vtd::DEFAULT_BASE, model.window_size(), mode)
     else {
         return;
     };
@@ -364,7 +365,11 @@ impl FuzzPlatform {
 }
 
 fn dma_layout(count: usize) -> Option<std::alloc::Layout> {
-    std::alloc::Layout::from_size_align(count.checked_mul(crate::hal::PAGE_SIZE)?, crate::hal::PAGE_SIZE).ok()
+    std::alloc::Layout::from_size_align(
+        count.checked_mul(crate::hal::PAGE_SIZE)?,
+        crate::hal::PAGE_SIZE,
+    )
+    .ok()
 }
 
 // SAFETY: DMA pages are zeroed, page-aligned host allocations (their host address doubles as
@@ -377,7 +382,8 @@ unsafe impl crate::hal::Platform for FuzzPlatform {
             .ok_or(crate::Error::OutOfMemory { pages: count })?;
         // SAFETY: non-zero size (count > 0).
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        let virt = core::ptr::NonNull::new(ptr).ok_or(crate::Error::OutOfMemory { pages: count })?;
+        let virt =
+            core::ptr::NonNull::new(ptr).ok_or(crate::Error::OutOfMemory { pages: count })?;
         // SAFETY: `count` zeroed pages at `virt`, owned by the caller until freed.
         Ok(unsafe { crate::hal::DmaPages::new(PhysAddr(ptr as u64), virt, count) })
     }
