@@ -97,19 +97,20 @@ impl<F: PageTableFormat> Column<F> {
 
     /// Runs the scenario and returns one cell per row.
     fn run(&mut self) -> Vec<Cell> {
-        let mut cells = Vec::new();
         // Rows, in order (see ROWS).
-        cells.push(self.map(BASE, K4));
-        cells.push(self.unmap(BASE, K4));
-        cells.push(self.map(BASE, 256 * K4));
-        cells.push(self.unmap(BASE, 256 * K4));
-        cells.push(self.map(BASE + K4, 256 * K4));
-        cells.push(self.unmap(BASE + K4, 256 * K4));
-        cells.push(self.map(BASE + M2, M2));
-        cells.push(self.unmap(BASE + M2, K4));
-        cells.push(self.unmap(BASE + M2, M2));
-        cells.push(self.map(BASE + G1, G1));
-        cells.push(self.unmap(BASE + G1, G1));
+        let mut cells = vec![
+            self.map(BASE, K4),
+            self.unmap(BASE, K4),
+            self.map(BASE, 256 * K4),
+            self.unmap(BASE, 256 * K4),
+            self.map(BASE + K4, 256 * K4),
+            self.unmap(BASE + K4, 256 * K4),
+            self.map(BASE + M2, M2),
+            self.unmap(BASE + M2, K4),
+            self.unmap(BASE + M2, M2),
+            self.map(BASE + G1, G1),
+            self.unmap(BASE + G1, G1),
+        ];
         // 4 scattered 4 KiB maps merged into one pending value (4 ranges), then one flush.
         let mut merged = PendingInvalidation::new(u32::from(self.did));
         for i in 0..4u64 {
