@@ -323,6 +323,10 @@ fn summary() {
         }
     }
     println!(
+        "size_of::<PendingInvalidation>() = {} bytes (returned by value from every map and unmap)",
+        size_of::<pcie_iommu::iommu::invalidation::PendingInvalidation>()
+    );
+    println!(
         "ratio = ours / x86_64 (below 1: ours is faster). Reference, not a peer: Linux generic_pt ~71 ns per 4 KiB map, 392 ns per 256 x 4 KiB map."
     );
 }

@@ -341,10 +341,13 @@ pub fn vtd_queue(data: &[u8]) {
 
 /// A platform for the register-window targets: `map_mmio` returns a window of the fuzz bytes
 /// (plain memory: registers that never react, as a dead or hostile unit), DMA pages come from
-/// the host heap, and the clock jumps 1 ms per read so bounded waits end after few polls.
+/// the host heap (released when the platform drops, since a driver object that goes away
+/// keeps its pages by design), and the clock jumps 1 ms per read so bounded waits end after
+/// few polls.
 pub struct FuzzPlatform {
     window: RefCell<Vec<u8>>,
     clock: core::cell::Cell<u64>,
+    pages: RefCell<Vec<(usize, usize)>>,
 }
 
 impl FuzzPlatform {
@@ -360,7 +363,23 @@ impl FuzzPlatform {
         } else {
             (0..Self::WINDOW).map(|i| data[i % data.len()]).collect()
         };
-        Self { window: RefCell::new(window), clock: core::cell::Cell::new(0) }
+        Self {
+            window: RefCell::new(window),
+            clock: core::cell::Cell::new(0),
+            pages: RefCell::new(Vec::new()),
+        }
+    }
+}
+
+impl Drop for FuzzPlatform {
+    fn drop(&mut self) {
+        for (addr, count) in self.pages.borrow_mut().drain(..) {
+            if let Some(layout) = dma_layout(count) {
+                // SAFETY: allocated in `alloc_dma_pages` with this layout and not freed since
+                // (freeing removes the entry).
+                unsafe { std::alloc::dealloc(addr as *mut u8, layout) };
+            }
+        }
     }
 }
 
@@ -384,11 +403,16 @@ unsafe impl crate::hal::Platform for FuzzPlatform {
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         let virt =
             core::ptr::NonNull::new(ptr).ok_or(crate::Error::OutOfMemory { pages: count })?;
+        self.pages.borrow_mut().push((ptr as usize, count));
         // SAFETY: `count` zeroed pages at `virt`, owned by the caller until freed.
         Ok(unsafe { crate::hal::DmaPages::new(PhysAddr(ptr as u64), virt, count) })
     }
 
     unsafe fn free_dma_pages(&self, pages: crate::hal::DmaPages) {
+        let addr = pages.virt().as_ptr() as usize;
+        let mut live = self.pages.borrow_mut();
+        let Some(i) = live.iter().position(|&(a, _)| a == addr) else { return };
+        live.swap_remove(i);
         if let Some(layout) = dma_layout(pages.count()) {
             // SAFETY: allocated in `alloc_dma_pages` with this layout; the caller frees once.
             unsafe { std::alloc::dealloc(pages.virt().as_ptr(), layout) };
