@@ -38,7 +38,12 @@ use x86_64::structures::paging::{
     Size2MiB, Size4KiB,
 };
 
-use common::{PoolFrames, PoolPlatform};
+use common::{CountingAllocator, PoolFrames, PoolPlatform};
+
+/// Counts heap use, to show that map and unmap never touch the heap (the library has none; the
+/// pool platform hands out preallocated pages).
+#[global_allocator]
+static ALLOC: CountingAllocator = CountingAllocator::new();
 
 /// Regions per measured round.
 const REGIONS: u64 = 64;
@@ -322,6 +327,23 @@ fn summary() {
             }
         }
     }
+    let mut ours = Ours::new();
+    let mut theirs = Theirs::new();
+    let ((), heap) = ALLOC.measure(|| {
+        for case in Case::ALL {
+            round(&mut ours, case, false, true);
+        }
+    });
+    let ((), heap_theirs) = ALLOC.measure(|| {
+        for case in Case::ALL {
+            round(&mut theirs, case, false, true);
+        }
+    });
+    println!(
+        "heap use of {} cold map+unmap rounds (every case): ours {heap:?}, x86_64 {heap_theirs:?}",
+        Case::ALL.len()
+    );
+    assert!(heap.is_zero(), "the page table allocated from the heap: {heap:?}");
     println!(
         "size_of::<PendingInvalidation>() = {} bytes (returned by value from every map and unmap)",
         size_of::<pcie_iommu::iommu::invalidation::PendingInvalidation>()
