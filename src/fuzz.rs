@@ -65,7 +65,8 @@ pub fn acpi_table(data: &[u8]) {
                 drain(rmr.memory_ranges());
             }
         }
-        for rid in [0u16, 1, 0x100, 0xffff] {
+        let from_data = u16::from_le_bytes([data.last().copied().unwrap_or(0), data.len() as u8]);
+        for rid in [0u16, 1, 0x100, 0xffff, from_data] {
             let _ = iort.map_rid(0, RequesterId(rid));
         }
     }
@@ -296,6 +297,231 @@ pub fn page_request(data: &[u8]) {
     let _ = svc.answer_stale(&mut sink);
 }
 
+/// VT-d fault reporting: the bytes as primary fault records (16 bytes each) and fault status
+/// values, then as a register window behind a [`crate::vtd::Unit`]: `probe` and `new` validate
+/// CAP/ECAP (NFR, FRO, IRO, the domain count are hardware input that sizes register accesses),
+/// and, where the window lets `new` through, `drain_faults` walks the recording registers the
+/// fuzzed CAP names.
+pub fn vtd_fault(data: &[u8]) {
+    use crate::vtd::fault::{FaultRecord, FaultStatus, reason_text};
+    for chunk in data.chunks_exact(16) {
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&chunk[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        if let Some(r) = FaultRecord::decode(word(0), word(8)) {
+            let _ = (reason_text(r.reason), r.source_id, r.pasid);
+        }
+        // CAST: the low 32 bits as a status register value.
+        let status = FaultStatus(word(0) as u32);
+        let _ = (status.overflow(), status.pending(), status.iqe(), status.fault_record_index());
+    }
+    let platform = FuzzPlatform::new(data);
+    let base = PhysAddr(FuzzPlatform::BASE);
+    let size = FuzzPlatform::WINDOW;
+    let _ = crate::vtd::Unit::probe(&platform, base, size);
+    for mode in [crate::vtd::TableMode::Legacy, crate::vtd::TableMode::Scalable] {
+        if let Ok(unit) = crate::vtd::Unit::new(&platform, base, size, mode) {
+            let mut seen = 0usize;
+            let _ = unit.drain_faults(|_, r| {
+                seen += 1;
+                let _ = reason_text(r.reason);
+            });
+            for i in [0, 1, 255, 256, usize::MAX] {
+                let _ = unit.fault_record(i);
+            }
+        }
+    }
+}
+
+/// SMMUv3 ID registers: the first 32 bytes are IDR0..IDR5, IIDR and AIDR; every field
+/// accessor and the validation that gates sizing tables and queues from them.
+pub fn smmu_idr(data: &[u8]) {
+    use crate::smmuv3::regs::{IdRegisters, Idr0, Idr1, Idr3, Idr5};
+    let mut words = [0u32; 8];
+    for (w, chunk) in words.iter_mut().zip(data.chunks(4)) {
+        let mut b = [0u8; 4];
+        b[..chunk.len()].copy_from_slice(chunk);
+        *w = u32::from_le_bytes(b);
+    }
+    let ids = IdRegisters {
+        idr0: Idr0(words[0]),
+        idr1: Idr1(words[1]),
+        idr2: words[2],
+        idr3: Idr3(words[3]),
+        idr4: words[4],
+        idr5: Idr5(words[5]),
+        iidr: words[6],
+        aidr: words[7],
+    };
+    let valid = ids.validate().is_ok();
+    let (i0, i1, i3, i5) = (ids.idr0, ids.idr1, ids.idr3, ids.idr5);
+    let _ = (i0.s1p(), i0.s2p(), i0.ttf(), i0.cohacc(), i0.httu(), i0.ats(), i0.pri());
+    let _ = (i0.ttendian(), i0.stall_model(), i0.term_model(), i0.stream_table_levels());
+    let _ = (i1.sid_bits(), i1.ssid_bits(), i1.cmdq_log2(), i1.eventq_log2(), i1.priq_log2());
+    let _ = (i3.bbml(), i3.ril(), i5.gran4k(), i5.vax(), i5.stall_max());
+    let oas = i5.output_address_bits();
+    if valid {
+        // What the driver sizes from validated values stays in range.
+        debug_assert!(i1.sid_bits() <= 32 && i1.cmdq_log2() <= 19);
+        debug_assert!(oas.is_ok_and(|b| (32..=52).contains(&b)), "{oas:?}");
+    }
+}
+
+/// VT-d invalidation descriptors as hardware sees them: the bytes (32 per descriptor) are
+/// submitted raw through the driver's queue to the `sim` unit model, which decodes them as
+/// the specification says (its decoder, `sim::vtd::qi`) and rejects what is malformed (IQE);
+/// the driver must report each rejection as a typed error and keep the queue usable.
+#[cfg(any(test, feature = "sim"))]
+pub fn vtd_queue(data: &[u8]) {
+    use crate::vtd::descriptor::Descriptor;
+    use crate::vtd::qi::DEFAULT_ENTRIES;
+    let config = match data.first().map(|b| b % 3) {
+        Some(0) => crate::sim::vtd::Config::qemu_legacy(),
+        Some(1) => crate::sim::vtd::Config::qemu_scalable_second_stage(),
+        _ => crate::sim::vtd::Config::qemu_scalable_first_stage(),
+    };
+    let mode = if config.ecap & (1 << 43) != 0 {
+        crate::vtd::TableMode::Scalable
+    } else {
+        crate::vtd::TableMode::Legacy
+    };
+    let (p, model) = crate::sim::vtd::pair(config);
+    let Ok(mut unit) =
+        crate::vtd::Unit::new(&p, crate::sim::vtd::DEFAULT_BASE, model.window_size(), mode)
+    else {
+        return;
+    };
+    if unit.enable_queued_invalidation(&p, DEFAULT_ENTRIES).is_err() {
+        return;
+    }
+    let Ok(queue) = unit.queue() else { return };
+    queue.set_timeout(core::time::Duration::from_millis(2));
+    let body = data.get(1..).unwrap_or_default();
+    // Batches of up to 4 descriptors, so rejections land in different queue positions.
+    for batch in body.chunks(4 * 32).take(64) {
+        let descriptors: Vec<Descriptor> = batch
+            .chunks_exact(32)
+            .map(|c| {
+                let mut words = [0u64; 4];
+                for (w, b) in words.iter_mut().zip(c.chunks_exact(8)) {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    *w = u64::from_le_bytes(a);
+                }
+                Descriptor::from_raw(words)
+            })
+            .collect();
+        let _ = queue.submit(&p, &descriptors);
+    }
+    // Whatever came before, a well-formed batch still completes.
+    let _ = queue.global(&p);
+}
+
+/// A platform for the register-window targets: `map_mmio` returns a window of the fuzz bytes
+/// (plain memory: registers that never react, as a dead or hostile unit), DMA pages come from
+/// the host heap (released when the platform drops, since a driver object that goes away
+/// keeps its pages by design), and the clock jumps 1 ms per read so bounded waits end after
+/// few polls.
+pub struct FuzzPlatform {
+    window: RefCell<Vec<u8>>,
+    clock: core::cell::Cell<u64>,
+    pages: RefCell<Vec<(usize, usize)>>,
+}
+
+impl FuzzPlatform {
+    /// Where the window pretends to be.
+    pub const BASE: u64 = 0xfed9_0000;
+    /// Window size: one page of VT-d registers.
+    pub const WINDOW: usize = 4096;
+
+    /// The window is `data` repeated to fill it (all-ones if empty).
+    pub fn new(data: &[u8]) -> Self {
+        let window = if data.is_empty() {
+            std::vec![0xff; Self::WINDOW]
+        } else {
+            (0..Self::WINDOW).map(|i| data[i % data.len()]).collect()
+        };
+        Self {
+            window: RefCell::new(window),
+            clock: core::cell::Cell::new(0),
+            pages: RefCell::new(Vec::new()),
+        }
+    }
+}
+
+impl Drop for FuzzPlatform {
+    fn drop(&mut self) {
+        for (addr, count) in self.pages.borrow_mut().drain(..) {
+            if let Some(layout) = dma_layout(count) {
+                // SAFETY: allocated in `alloc_dma_pages` with this layout and not freed since
+                // (freeing removes the entry).
+                unsafe { std::alloc::dealloc(addr as *mut u8, layout) };
+            }
+        }
+    }
+}
+
+fn dma_layout(count: usize) -> Option<std::alloc::Layout> {
+    std::alloc::Layout::from_size_align(
+        count.checked_mul(crate::hal::PAGE_SIZE)?,
+        crate::hal::PAGE_SIZE,
+    )
+    .ok()
+}
+
+// SAFETY: DMA pages are zeroed, page-aligned host allocations (their host address doubles as
+// the physical address: nothing here is a real device), freed once in `free_dma_pages`; the
+// window lives as long as the platform and is never resized; the clock only moves forward.
+unsafe impl crate::hal::Platform for FuzzPlatform {
+    fn alloc_dma_pages(&self, count: usize, align: usize) -> crate::Result<crate::hal::DmaPages> {
+        let layout = dma_layout(count)
+            .filter(|_| count > 0 && align <= crate::hal::PAGE_SIZE)
+            .ok_or(crate::Error::OutOfMemory { pages: count })?;
+        // SAFETY: non-zero size (count > 0).
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let virt =
+            core::ptr::NonNull::new(ptr).ok_or(crate::Error::OutOfMemory { pages: count })?;
+        self.pages.borrow_mut().push((ptr as usize, count));
+        // SAFETY: `count` zeroed pages at `virt`, owned by the caller until freed.
+        Ok(unsafe { crate::hal::DmaPages::new(PhysAddr(ptr as u64), virt, count) })
+    }
+
+    unsafe fn free_dma_pages(&self, pages: crate::hal::DmaPages) {
+        let addr = pages.virt().as_ptr() as usize;
+        let mut live = self.pages.borrow_mut();
+        let Some(i) = live.iter().position(|&(a, _)| a == addr) else { return };
+        live.swap_remove(i);
+        if let Some(layout) = dma_layout(pages.count()) {
+            // SAFETY: allocated in `alloc_dma_pages` with this layout; the caller frees once.
+            unsafe { std::alloc::dealloc(pages.virt().as_ptr(), layout) };
+        }
+    }
+
+    fn map_mmio(&self, base: PhysAddr, size: usize) -> crate::Result<core::ptr::NonNull<u8>> {
+        if base.0 != Self::BASE || size > Self::WINDOW {
+            return Err(crate::Error::MmioUnavailable { base: base.0, size: size as u64 });
+        }
+        // The Vec is never resized, so the pointer stays valid for the platform's life.
+        core::ptr::NonNull::new(self.window.borrow_mut().as_mut_ptr())
+            .ok_or(crate::Error::MmioUnavailable { base: base.0, size: size as u64 })
+    }
+
+    fn map_firmware(&self, base: PhysAddr, size: usize) -> crate::Result<core::ptr::NonNull<u8>> {
+        Err(crate::Error::MmioUnavailable { base: base.0, size: size as u64 })
+    }
+
+    fn write_barrier(&self) {}
+
+    fn read_barrier(&self) {}
+
+    fn now(&self) -> crate::hal::Instant {
+        self.clock.set(self.clock.get() + 1_000_000);
+        crate::hal::Instant(self.clock.get())
+    }
+}
+
 #[cfg(test)]
 mod corpus {
     use std::path::Path;
@@ -340,6 +566,15 @@ mod corpus {
         let cfg = super::FuzzConfig::new(&[&[1u8][..], &std::fs::read(dir.join("capabilities/qemu-igb")).unwrap()].concat());
         let (caps, _) = crate::pci::caps::collect(&cfg, crate::Bdf::default()).unwrap();
         assert!(caps.sriov != 0 && caps.ari != 0 && caps.pcie != 0, "{caps:?}");
+        // The VT-d register window gets through `Unit::new` and its one fault is drained.
+        let window = std::fs::read(dir.join("vtd_fault/qemu-legacy-one-fault")).unwrap();
+        let platform = super::FuzzPlatform::new(&window);
+        let base = crate::PhysAddr(super::FuzzPlatform::BASE);
+        let unit =
+            crate::vtd::Unit::new(&platform, base, 4096, crate::vtd::TableMode::Legacy).unwrap();
+        let mut faults = std::vec::Vec::new();
+        unit.drain_faults(|i, r| faults.push((i, r.source_id.0, r.reason)));
+        assert_eq!(faults, [(0, 0x10, 5)]);
         let dt = std::fs::read(dir.join("device_tree/qemu-virt.dtb")).unwrap();
         assert_eq!(crate::firmware::dt::DeviceTree::new(&dt).unwrap().pci_hosts().count(), 1);
     }
@@ -367,5 +602,20 @@ mod corpus {
     #[test]
     fn page_request() {
         replay("page_request", super::page_request);
+    }
+
+    #[test]
+    fn vtd_fault() {
+        replay("vtd_fault", super::vtd_fault);
+    }
+
+    #[test]
+    fn smmu_idr() {
+        replay("smmu_idr", super::smmu_idr);
+    }
+
+    #[test]
+    fn vtd_queue() {
+        replay("vtd_queue", super::vtd_queue);
     }
 }

@@ -22,6 +22,10 @@ commands:
          ends with `N passed, M failed[, K skipped]`
          --filter SUBSTR         only the scenarios whose name contains SUBSTR
          --no-host               skip the host tests
+  size   build the firmware for both architectures and print text/rodata/data/bss from
+         the ELF section headers
+         --arch x86_64|aarch64   only this architecture
+         --elf PATH              measure this ELF instead of building
   list   same as run --list
   help   this text
 
@@ -46,9 +50,18 @@ pub(crate) struct TestOpts {
 }
 
 #[derive(Debug, PartialEq, Eq)]
+pub(crate) struct SizeOpts {
+    /// Only this architecture (default both).
+    pub(crate) arch: Option<Arch>,
+    /// Measure this ELF instead of building.
+    pub(crate) elf: Option<PathBuf>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Cmd {
     Run(RunOpts),
     Test(TestOpts),
+    Size(SizeOpts),
     List,
     Help,
 }
@@ -74,6 +87,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Cmd, Strin
     match command.as_str() {
         "run" => parse_run(args),
         "test" => parse_test(args),
+        "size" => parse_size(args),
         "list" | "--list" => Ok(Cmd::List),
         "help" | "--help" | "-h" => Ok(Cmd::Help),
         other => Err(format!("unknown command {other:?}")),
@@ -153,6 +167,29 @@ fn parse_test(mut args: impl Iterator<Item = String>) -> Result<Cmd, String> {
         }
     }
     Ok(Cmd::Test(opts))
+}
+
+fn parse_size(mut args: impl Iterator<Item = String>) -> Result<Cmd, String> {
+    let mut opts = SizeOpts { arch: None, elf: None };
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v)),
+            _ => (arg.clone(), None),
+        };
+        match flag.as_str() {
+            "--arch" => {
+                let v = value(&flag, inline, &mut args)?;
+                opts.arch = Some(
+                    Arch::parse(&v)
+                        .ok_or_else(|| format!("unknown arch {v:?} (x86_64 or aarch64)"))?,
+                );
+            }
+            "--elf" => opts.elf = Some(PathBuf::from(value(&flag, inline, &mut args)?)),
+            "-h" | "--help" => return Ok(Cmd::Help),
+            _ => return Err(format!("unknown option {arg:?} for size")),
+        }
+    }
+    Ok(Cmd::Size(opts))
 }
 
 #[cfg(test)]
@@ -254,6 +291,12 @@ mod tests {
         assert_eq!(p(&["help"]), Ok(Cmd::Help));
         assert_eq!(p(&["list"]), Ok(Cmd::List));
         assert_eq!(p(&["run", "--list"]), Ok(Cmd::List));
+        assert_eq!(p(&["size"]), Ok(Cmd::Size(SizeOpts { arch: None, elf: None })));
+        assert_eq!(
+            p(&["size", "--arch=aarch64", "--elf", "/x"]),
+            Ok(Cmd::Size(SizeOpts { arch: Some(Arch::Aarch64), elf: Some("/x".into()) }))
+        );
+        assert!(p(&["size", "--timeout", "3"]).unwrap_err().contains("unknown option"));
         assert_eq!(p(&["run", "--help"]), Ok(Cmd::Help));
     }
 }

@@ -9,6 +9,7 @@ mod qmp;
 mod runner;
 mod scenarios;
 mod shapes;
+mod size;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -17,7 +18,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use cli::{Cmd, RunOpts, TestOpts};
+use cli::{Cmd, RunOpts, SizeOpts, TestOpts};
 use host::Counts;
 use judge::{Outcome, Verdict, seconds};
 use log::{Firmware, LogLine, StreamFormat, format_line};
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         }
         Ok(Cmd::Run(opts)) => cmd_run(&opts),
         Ok(Cmd::Test(opts)) => cmd_test(&opts),
+        Ok(Cmd::Size(opts)) => cmd_size(&opts),
         Err(e) => {
             eprintln!("xtask: {e}\n\n{}", cli::USAGE);
             ExitCode::from(2)
@@ -87,6 +89,43 @@ fn shell_line(argv: &[OsString]) -> String {
 fn load_firmware(root: &Path, arch: Arch) -> Result<Firmware, String> {
     let elf = image::build_firmware(root, arch)?;
     Firmware::load(&elf, root)
+}
+
+/// `cargo xtask size`: builds the image for each architecture (or takes `--elf`) and prints
+/// its sections by kind.
+fn cmd_size(opts: &SizeOpts) -> ExitCode {
+    let root = image::workspace_root();
+    let mut rows = Vec::new();
+    if let Some(elf) = &opts.elf {
+        match size::of_file(elf) {
+            Ok(s) => rows.push((elf.display().to_string(), s)),
+            Err(e) => {
+                eprintln!("xtask: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        if let Err(e) = image::run_setup(&root) {
+            eprintln!("xtask: {e}");
+            return ExitCode::from(2);
+        }
+        let arches = match opts.arch {
+            Some(a) => vec![a],
+            None => vec![Arch::X86_64, Arch::Aarch64],
+        };
+        for arch in arches {
+            match image::build_firmware(&root, arch).and_then(|elf| size::of_file(&elf)) {
+                Ok(s) => rows.push((arch.triple().to_string(), s)),
+                Err(e) => {
+                    eprintln!("xtask: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    print!("{}", size::table(&rows));
+    println!("bytes; text+ro+data is what the image loads, bss and stack are zero-filled at boot; defmt strs = log strings interned on the host side");
+    ExitCode::SUCCESS
 }
 
 fn cmd_run(opts: &RunOpts) -> ExitCode {

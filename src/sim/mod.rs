@@ -11,4 +11,7 @@ pub mod pci;
 pub mod smmuv3;
 pub mod vtd;
 
+#[cfg(test)]
+mod fault_injection;
+
 pub use pci::Topology;

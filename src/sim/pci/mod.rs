@@ -291,6 +291,8 @@ pub struct Topology {
     absent: Cell<AccessCounts>,
     overlap: Cell<bool>,
     ari_rule: bool,
+    /// Fault injection: the function removed once it answered this many more reads.
+    vanish: Cell<Option<(FnId, u64)>>,
 }
 
 /// The bits of `value` (written at `off`, `len` bytes) that land in the `n`-byte register at
@@ -425,6 +427,7 @@ fn build(b: TopologyBuilder) -> Topology {
         absent: Cell::new(AccessCounts::default()),
         overlap: Cell::new(false),
         ari_rule: b.ari_rule,
+        vanish: Cell::new(None),
     }
 }
 
@@ -602,6 +605,16 @@ impl Topology {
     }
 
     fn read(&self, bdf: Bdf, off: u16, len: u8) -> u32 {
+        if let Some((id, left)) = self.vanish.get()
+            && self.route_of(bdf) == Some(id)
+        {
+            if left == 0 {
+                self.vanish.set(None);
+                self.set_present(id, false);
+            } else {
+                self.vanish.set(Some((id, left - 1)));
+            }
+        }
         let value = {
             let nodes = self.nodes.borrow();
             let (r, overlap) = self.route(&nodes, bdf);
@@ -854,6 +867,14 @@ impl Topology {
         if let (Some(n), None) = (self.nodes.borrow_mut().get_mut(id.node), id.vf) {
             n.present = present;
         }
+    }
+
+    /// Fault injection: physical function `id` answers `reads` more configuration reads (of any
+    /// width), then vanishes (as [`set_present`](Self::set_present) with false): from the next
+    /// read on, it and everything below it read all-ones, mid-way through whatever the driver
+    /// was doing.
+    pub fn vanish_after_reads(&self, id: FnId, reads: u64) {
+        self.vanish.set(Some((id, reads)));
     }
 
     /// Offset where the model placed `id`'s legacy capability `cap_id` (first of that ID).
