@@ -63,7 +63,9 @@ pub struct Stage1 {
 pub struct Stage2 {
     /// The stage-2 table root (S2TTB), a [`crate::iommu::pagetable::Arm64Stage2`] table.
     pub root: PhysAddr,
-    /// Its level count: 4 (48-bit IPA, SL0 = 2) or 3 (39-bit, SL0 = 1).
+    /// Its level count: 4 (SL0 = 2, IPA up to 48 bits) or 3 (SL0 = 1, 39 bits); the IPA size
+    /// is capped to the SMMU's output size, so the table's IOVA width must be limited to it
+    /// ([`crate::iommu::pagetable::IoPageTable::limit_iova_bits`]).
     pub levels: u8,
     /// The VMID its TLB entries are tagged with.
     pub vmid: u16,
@@ -142,7 +144,9 @@ pub fn encode_ste(
     };
     let s2 = |w: &mut [u64; 8], s: &Stage2| -> Result<()> {
         check_levels(s.levels, "SMMU stage-2 table levels")?;
-        let t0sz = u64::from(64 - input_bits(s.levels));
+        // The IPA size is what the levels translate, capped to the output size: S2T0SZ may not
+        // describe more IPA bits than the SMMU's OAS (Arm ARM; QEMU answers C_BAD_STE).
+        let t0sz = u64::from(64 - input_bits(s.levels).min(oas));
         // SL0 with the 4 KiB granule: 1 = start at level 1 (3 levels), 2 = level 0 (4 levels).
         let sl0: u64 = if s.levels == 4 { 2 } else { 1 };
         let ps = size_encoding(oas)?;
@@ -558,10 +562,13 @@ mod tests {
         let s2 = Stage2 { root: PhysAddr(0x4777_8000), levels: 4, vmid: 0x0102 };
         let w = encode_ste(StreamConfig::Stage2(s2), PhysAddr(0), 0, 44).unwrap();
         assert_eq!(w[0], (6 << 1) | 1);
-        // VTCR: T0SZ 16, SL0 2, IR0 1, OR0 1, SH0 3, TG 0, PS 4 (44 bits).
-        let vtcr: u64 = 16 | (2 << 6) | (1 << 8) | (1 << 10) | (3 << 12) | (4 << 16);
+        // VTCR: T0SZ 20 (44-bit IPA: capped to the OAS), SL0 2, IR0 1, OR0 1, SH0 3, TG 0,
+        // PS 4 (44 bits).
+        let vtcr: u64 = 20 | (2 << 6) | (1 << 8) | (1 << 10) | (3 << 12) | (4 << 16);
         assert_eq!(w[2], 0x0102 | (vtcr << 32) | (1 << 51) | (1 << 58));
         assert_eq!(w[3], 0x4777_8000);
+        let w48 = encode_ste(StreamConfig::Stage2(s2), PhysAddr(0), 0, 48).unwrap();
+        assert_eq!((w48[2] >> 32) & 0x3f, 16, "48-bit IPA with a 48-bit OAS");
         let w3 = encode_ste(StreamConfig::Stage2(Stage2 { levels: 3, ..s2 }), PhysAddr(0), 0, 40)
             .unwrap();
         assert_eq!((w3[2] >> 32) & 0x3f, 25);
