@@ -455,9 +455,9 @@ impl StreamTable {
                     l1.store(desc, Ordering::Release);
                     platform.sync_for_device(NonNull::from(l1).cast(), 8);
                     self.l2_tables += 1;
-                    // INVARIANT: the level-2 run is owned by the table from here (never freed
-                    // while the SMMU may walk it).
-                    core::mem::forget(l2);
+                    // INVARIANT: the level-2 run is owned by the table from here, reached
+                    // through the L1 shadow; `DmaPages` has no `Drop`, so letting the handle go
+                    // never frees it while the SMMU may walk it.
                 }
                 let within = sid_n & (l2_count - 1);
                 let base = virt as *mut u8;

@@ -231,7 +231,8 @@ impl Unit {
         } else {
             None
         };
-        let asids = IdPool::new(if ids.idr0.asid16() { 256 } else { 256 });
+        // 8-bit ASIDs and VMIDs fit every SMMU (16-bit ones are optional, IDR0.ASID16/VMID16).
+        let asids = IdPool::new(256);
         let vmids = IdPool::new(256);
         let mut unit = Self {
             regs,
@@ -442,8 +443,9 @@ impl Unit {
                             .ok_or(Error::NotFound { what: "SMMU CD 0" })?;
                         slot.set_cd_table(t.pages.virt(), phys);
                         // INVARIANT: the CD table belongs to the StreamID from here (recorded in
-                        // the STE's shadow slot); it is never freed while the unit exists.
-                        core::mem::forget(t);
+                        // the STE's shadow slot); `DmaPages` has no `Drop`, so it is never freed
+                        // while the unit exists.
+                        let _ = t;
                         (phys, Some(cd), Some(entry))
                     }
                 }
@@ -657,9 +659,9 @@ impl Unit {
 fn leak(mut pending: PendingInvalidation) {
     pending.ranges.clear();
     pending.whole_domain = false;
-    while let Some(p) = pending.freed.pop() {
+    // `DmaPages` has no `Drop`: popping the handles leaks the pages, never frees them.
+    while pending.freed.pop().is_some() {
         pending.leaked_pages += 1;
-        core::mem::forget(p);
     }
     core::mem::forget(pending);
 }
