@@ -113,7 +113,7 @@ impl Table {
 
     fn scope(&self) -> TlbScope {
         match self {
-            Table::S1(_, asid) => TlbScope::Stage1 { asid: *asid },
+            Table::S1(_, asid) => TlbScope::Stage1 { asid: *asid, vmid: 0 },
             Table::S2(_, vmid) => TlbScope::Stage2 { vmid: *vmid },
         }
     }
@@ -201,6 +201,7 @@ pub fn run(cfg: &impl ConfigAccess, e: &Pcie, dt: &DeviceTree<'_>, platform: &Qe
     if let Some(mut s2) = Table::new(&mut unit, &ctx, true, checks) {
         dma_checks(&mut unit, &ctx, &mut s2, "linear", skip_tlbi, checks);
     }
+    nested(&mut unit, &ctx, checks);
     checks.ok("SMMUv3 disabled", unit.disable(platform));
 
     // ---- A stream table too small for edu's StreamID ------------------------------------------
@@ -328,4 +329,52 @@ fn illegal_command(unit: &mut Unit, ctx: &Ctx<'_>, checks: &mut Checks) {
     let g = unit.handle_global_errors();
     defmt::info!("SMMUv3: global errors active after recovery: {=u32:#x}; queue stats {}", g.0, unit.command_queue().stats());
     checks.check("GERROR.CMDQ_ERR is acknowledged after recovery", !g.command_queue());
+}
+
+/// Nested translation: stage 2 maps the first GiB of RAM (IPA 0x4000_0000) onto itself with one
+/// 1 GiB block, so the CD table, the stage-1 tables and the data pages, whose IPAs are their
+/// physical addresses, are reachable; stage 1 maps IOVAs to those IPAs. A stage-1 hole then
+/// faults at stage 1.
+fn nested(unit: &mut Unit, ctx: &Ctx<'_>, checks: &mut Checks) {
+    let p = ctx.platform;
+    let (Some(Table::S1(mut s1, asid)), Some(Table::S2(mut s2, vmid))) = (Table::new(unit, ctx, false, checks), Table::new(unit, ctx, true, checks)) else { return };
+    const RAM_GIB: u64 = 0x4000_0000;
+    let mapped = s2.map(p, Iova(RAM_GIB), PhysAddr(RAM_GIB), 1 << 30, Perms::RW).and_then(|pending| unit.flush(p, pending, TlbScope::Stage2 { vmid }));
+    if checks.ok("stage 2 maps the first GiB of RAM onto itself", mapped).is_none() {
+        return;
+    }
+    defmt::info!("SMMUv3 nested: stage 2 maps IPA {=u64:#x} with a {=u64} MiB block", RAM_GIB, s2.translate(Iova(RAM_GIB)).map_or(0, |(_, _, sz)| sz >> 20));
+    let config = StreamConfig::Nested(Stage1 { root: s1.root(), levels: s1.levels(), asid }, Stage2 { root: s2.root(), levels: s2.levels(), vmid });
+    if checks.ok("StreamID attached to a nested (stage 1 + stage 2) configuration", unit.set_stream(p, ctx.sid, config)).is_none() {
+        return;
+    }
+    let Some(pages) = checks.ok("two DMA pages", p.alloc_dma_pages(2, 4096)) else { return };
+    if pages.phys().0 + 2 * PAGE > RAM_GIB + (1 << 30) {
+        checks.check("the DMA pages lie in the GiB stage 2 maps", false);
+        return;
+    }
+    fill(&pages, 0, 0xc0, 64);
+    fill(&pages, 4096, 0x00, 64);
+    // Nested stage-1 TLB entries are tagged with the VMID too: the TLBIs must carry it.
+    let scope = TlbScope::Stage1 { asid, vmid };
+    let mapped = s1
+        .map(p, Iova(IOVA_SMALL), pages.phys(), 2 * PAGE, Perms::RW)
+        .and_then(|pending| unit.flush(p, pending, scope));
+    if checks.ok("stage 1 maps two pages", mapped).is_none() {
+        return;
+    }
+    let _ = drain(unit, ctx, None);
+    checks.ok("edu reads through both stages", ctx.edu.dma(p, IOVA_SMALL, 64, false));
+    checks.ok("edu writes through both stages", ctx.edu.dma(p, IOVA_SMALL + PAGE, 64, true));
+    let copied = equals(&pages, 4096, 0xc0, 64);
+    let (events, _) = drain(unit, ctx, None);
+    defmt::info!("SMMUv3 nested: edu copied IOVA {=u64:#x} -> {=u64:#x}: bytes equal {=bool}, {=u32} event(s)", IOVA_SMALL, IOVA_SMALL + PAGE, copied, events);
+    checks.check("nested DMA returns the bytes written", copied && events == 0);
+    let unmapped = s1.unmap(p, Iova(IOVA_SMALL + PAGE), PAGE).and_then(|pending| unit.flush(p, pending, scope));
+    checks.ok("stage-1 unmap + TLBI", unmapped);
+    fill(&pages, 4096, 0x00, 64);
+    checks.ok("edu writes the stage-1 hole", ctx.edu.dma(p, IOVA_SMALL + PAGE, 16, true));
+    let e = expect_event(unit, ctx, checks, "a stage-1 hole under nesting raises F_TRANSLATION at its address", EventKind::Translation, Some(IOVA_SMALL + PAGE));
+    checks.check("the nested fault is reported at stage 1 and memory is unchanged", e.is_some_and(|e| !e.stage2) && equals(&pages, 4096, 0x00, 64));
+    checks.ok("StreamID detached (abort)", unit.detach(p, ctx.sid));
 }

@@ -322,7 +322,7 @@ fn flush_issues_one_tlbi_per_page_then_frees_emptied_tables() {
     let asid = unit.allocate_asid().unwrap();
     let mut t = IoPageTable::new(&f, Arm64Stage1::new(2), 4, PageSizes::ALL).unwrap();
     t.set_domain(u32::from(asid));
-    let scope = TlbScope::Stage1 { asid };
+    let scope = TlbScope::Stage1 { asid, vmid: 0 };
     unit.flush(
         &f,
         t.map(&f, Iova(0x1000_0000), PhysAddr(0x4000_0000), 0x2000, Perms::RW).unwrap(),
@@ -343,7 +343,7 @@ fn flush_issues_one_tlbi_per_page_then_frees_emptied_tables() {
     assert_eq!(f.live.borrow().len(), live - 3, "three emptied tables released after the sync");
     // A pending value for another tag is refused (and leaked, not freed).
     let p = t.map(&f, Iova(0x1000_0000), PhysAddr(0x4000_0000), 0x1000, Perms::RW).unwrap();
-    assert!(unit.flush(&f, p, TlbScope::Stage1 { asid: asid + 1 }).is_err());
+    assert!(unit.flush(&f, p, TlbScope::Stage1 { asid: asid + 1, vmid: 0 }).is_err());
     // A whole-domain change is one TLBI_NH_ASID.
     let n = f.commands.borrow().len();
     unit.flush(&f, t.destroy(&f), scope).unwrap();

@@ -122,10 +122,13 @@ impl IdPool {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum TlbScope {
-    /// Stage-1 entries of an ASID (TLBI_NH_VA / TLBI_NH_ASID, VMID 0).
+    /// Stage-1 entries of an ASID (TLBI_NH_VA / TLBI_NH_ASID). Under nesting the entries are
+    /// also tagged with the STE's VMID, which the commands must carry; 0 for stage 1 alone.
     Stage1 {
         /// The ASID the table's pending values are tagged with.
         asid: u16,
+        /// The VMID of the nested configuration, 0 for stage 1 alone.
+        vmid: u16,
     },
     /// Stage-2 entries of a VMID (TLBI_S2_IPA / TLBI_S12_VMALL).
     Stage2 {
@@ -565,7 +568,10 @@ impl Unit {
             return Ok(());
         }
         let (tag, allocated) = match scope {
-            TlbScope::Stage1 { asid } => (asid, self.asids.is_allocated(asid)),
+            TlbScope::Stage1 { asid, vmid } => (
+                asid,
+                self.asids.is_allocated(asid) && (vmid == 0 || self.vmids.is_allocated(vmid)),
+            ),
             TlbScope::Stage2 { vmid } => (vmid, self.vmids.is_allocated(vmid)),
         };
         if pending.domain != u32::from(tag) || !allocated {
@@ -584,7 +590,9 @@ impl Unit {
                 let mut at = r.start;
                 while at < r.start.saturating_add(r.len) {
                     let c = match scope {
-                        TlbScope::Stage1 { asid } => Command::tlbi_nh_va(asid, 0, at, r.leaf_only),
+                        TlbScope::Stage1 { asid, vmid } => {
+                            Command::tlbi_nh_va(asid, vmid, at, r.leaf_only)
+                        }
                         TlbScope::Stage2 { vmid } => Command::tlbi_s2_ipa(vmid, at, r.leaf_only),
                     };
                     if batch.push(c).is_err() {
@@ -598,7 +606,7 @@ impl Unit {
         if whole {
             batch.clear();
             let _ = batch.push(match scope {
-                TlbScope::Stage1 { asid } => Command::tlbi_nh_asid(asid, 0),
+                TlbScope::Stage1 { asid, vmid } => Command::tlbi_nh_asid(asid, vmid),
                 TlbScope::Stage2 { vmid } => Command::tlbi_s12_vmall(vmid),
             });
         }
