@@ -137,6 +137,11 @@ pub fn encode_ste(
         }
         // S1Fmt 0 (linear CD table), S1ContextPtr 51:6, S1CDMax 63:59.
         w[0] |= (cd_table.0 & ADDR_51_6) | (u64::from(s1_cd_max) << 59);
+        if s1_cd_max > 0 {
+            // S1DSS (word 1 bits 1:0) = 0b10: transactions without a SubstreamID use CD 0
+            // (and SubstreamID 0 itself is then illegal), as Linux does with PASIDs.
+            w[1] |= 2;
+        }
         // S1CIR = S1COR = 0b01 (write-back, read-allocate), S1CSH = 0b11 (inner shareable):
         // how the SMMU reads the CD table. S1STALLD 0 (QEMU refuses 1, notes §2.5).
         w[1] |= (1 << 2) | (1 << 4) | (3 << 6) | SHCFG_INCOMING;
@@ -478,8 +483,11 @@ impl StreamTable {
     }
 }
 
+/// Most SubstreamID bits a linear CD table serves here (1024 CDs, 64 KiB); the 2-level CD format
+/// (IDR0.CD2L) that wider SubstreamIDs need is not implemented.
+pub const MAX_LINEAR_CD_BITS: u8 = 10;
+
 /// A StreamID's context-descriptor table: `2^s1_cd_max` CDs in one linear array (S1Fmt 0).
-/// The 2-level CD format (IDR0.CD2L) is not used.
 #[derive(Debug)]
 pub(crate) struct CdTable {
     pub(crate) pages: DmaPages,
@@ -487,7 +495,7 @@ pub(crate) struct CdTable {
 
 impl CdTable {
     pub(crate) fn new<P: Platform + ?Sized>(platform: &P, s1_cd_max: u8) -> Result<Self> {
-        if s1_cd_max > 10 {
+        if s1_cd_max > MAX_LINEAR_CD_BITS {
             return Err(Error::Unsupported {
                 what: "linear CD table beyond 1024 CDs (2-level CD tables)",
                 value: u64::from(s1_cd_max),
@@ -543,6 +551,8 @@ mod tests {
         assert_eq!(w[2..], [0; 6]);
         let w = encode_ste(StreamConfig::Stage1(s1), PhysAddr(0x4555_0000), 3, 44).unwrap();
         assert_eq!(w[0] >> 59, 3);
+        // STRTAB_STE_1_S1DSS GENMASK(1,0) = STRTAB_STE_1_S1DSS_SSID0 (2) with substreams.
+        assert_eq!(w[1] & 3, 2);
 
         // CTXDESC_CD_0_TCR_T0SZ GENMASK(5,0), TG0 GENMASK(7,6), IRGN0 GENMASK(9,8), ORGN0
         // GENMASK(11,10), SH0 GENMASK(13,12), EPD1 BIT(30), V BIT(31), IPS GENMASK(34,32),

@@ -399,3 +399,58 @@ fn two_level_tables_are_allocated_lazily() {
     unit.set_stream(&f, StreamId(0x2000), StreamConfig::Abort).unwrap();
     assert_eq!(unit.stream_table().l2_tables(), 2);
 }
+
+#[test]
+fn substreams_get_their_own_cds() {
+    let f = Fake::new();
+    // SSIDSIZE 4 (IDR1 bits 10:6).
+    f.w32(offset::IDR1, 0x0273_0010 | (4 << 6));
+    let mut unit = Unit::new(&f, PhysAddr(0x0905_0000), linear(8)).unwrap();
+    assert_eq!(unit.substream_bits(), 4);
+    let (a, b) = (unit.allocate_asid().unwrap(), unit.allocate_asid().unwrap());
+    let sid = StreamId(3);
+    let s1 = |asid| Stage1 { root: PhysAddr(0x1000 * u64::from(asid)), levels: 4, asid };
+    // No stage-1 STE yet: refused.
+    assert!(unit.set_substream(&f, sid, 1, Some(s1(a))).is_err());
+    unit.set_stream(&f, sid, StreamConfig::Stage1(s1(a))).unwrap();
+    let ste = unit.stream_entry(&f, sid).unwrap().unwrap();
+    assert_eq!((ste[0] >> 59, ste[1] & 3), (4, 2), "S1CDMax 4, S1DSS = SSID0");
+    let cds = ste[0] & 0x000f_ffff_ffff_ffc0;
+    let n = f.commands.borrow().len();
+    unit.set_substream(&f, sid, 5, Some(s1(b))).unwrap();
+    assert_eq!(&f.ops()[n..], [opcode::CFGI_CD, opcode::CMD_SYNC]);
+    assert_eq!((f.commands.borrow()[n].0[0] >> 12) & 0xf_ffff, 5, "CFGI_CD SubstreamID");
+    let cd5 = Fake::mem(cds + 5 * 64, 0);
+    assert_eq!((cd5 >> 31 & 1, cd5 >> 48), (1, u64::from(b)), "CD 5: V, ASID");
+    assert_eq!(Fake::mem(cds + 5 * 64, 1), 0x1000 * u64::from(b));
+    // Replacing a valid CD by one that differs in two words: invalid in between.
+    let n = f.commands.borrow().len();
+    unit.set_substream(&f, sid, 5, Some(s1(a))).unwrap();
+    assert_eq!(
+        &f.ops()[n..],
+        [
+            opcode::CFGI_CD,
+            opcode::CMD_SYNC,
+            opcode::CFGI_CD,
+            opcode::TLBI_NH_ASID,
+            opcode::CMD_SYNC
+        ]
+    );
+    assert_eq!(f.commands.borrow()[n + 3].0[0] >> 48, u64::from(b), "the old ASID");
+    // Clearing: V off, the old ASID invalidated.
+    let n = f.commands.borrow().len();
+    unit.set_substream(&f, sid, 5, None).unwrap();
+    assert_eq!(Fake::mem(cds + 5 * 64, 0) >> 31 & 1, 0);
+    assert_eq!(
+        &f.ops()[n..],
+        [
+            opcode::CFGI_CD,
+            opcode::CMD_SYNC,
+            opcode::CFGI_CD,
+            opcode::TLBI_NH_ASID,
+            opcode::CMD_SYNC
+        ]
+    );
+    assert!(unit.set_substream(&f, sid, 16, Some(s1(a))).is_err(), "beyond 2^4 CDs");
+    assert!(unit.set_substream(&f, sid, 0, Some(s1(a))).is_err(), "SubstreamID 0 is the STE's CD");
+}

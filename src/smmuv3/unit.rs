@@ -32,8 +32,8 @@ use super::event::Event;
 use super::queue::{CommandQueue, Drained, EventQueue, ProducerQueue};
 use super::regs::{IdRegisters, StreamTableLevels, cr0, cr1, cr2, gbpa, gerror, irq_ctrl, offset};
 use super::ste::{
-    CdTable, DEFAULT_SPLIT, ENTRY_BYTES, MAX_LINEAR_SID_BITS, StreamConfig, StreamTable,
-    StreamTableFormat, config as ste_config, encode_cd, encode_ste,
+    CdTable, DEFAULT_SPLIT, ENTRY_BYTES, MAX_LINEAR_CD_BITS, MAX_LINEAR_SID_BITS, Stage1,
+    StreamConfig, StreamTable, StreamTableFormat, config as ste_config, encode_cd, encode_ste,
 };
 
 /// How long a CR0, GBPA or IRQ_CTRL change may take to be acknowledged.
@@ -62,12 +62,22 @@ pub struct UnitConfig {
     pub evtq_log2: u8,
     /// log2 of the PRI queue's slots (clamped to IDR1.PRIQS; used only where IDR0.PRI).
     pub priq_log2: u8,
+    /// SubstreamID bits each StreamID's CD table serves (`None`: IDR1.SSIDSIZE), capped to
+    /// [`MAX_LINEAR_CD_BITS`] and to SSIDSIZE. 0 means one CD per StreamID (QEMU).
+    pub ssid_bits: Option<u8>,
 }
 
 impl Default for UnitConfig {
     fn default() -> Self {
         // 256 commands (4 KiB), 128 events (4 KiB), 256 page requests (4 KiB).
-        Self { sid_bits: None, format: None, cmdq_log2: 8, evtq_log2: 7, priq_log2: 8 }
+        Self {
+            sid_bits: None,
+            format: None,
+            cmdq_log2: 8,
+            evtq_log2: 7,
+            priq_log2: 8,
+            ssid_bits: None,
+        }
     }
 }
 
@@ -175,6 +185,8 @@ pub struct Unit {
     asids: IdPool,
     vmids: IdPool,
     coherent: bool,
+    /// S1CDMax of every STE: log2 of the CDs in each StreamID's CD table.
+    s1_cd_max: u8,
 }
 
 impl Unit {
@@ -237,7 +249,13 @@ impl Unit {
         // 8-bit ASIDs and VMIDs fit every SMMU (16-bit ones are optional, IDR0.ASID16/VMID16).
         let asids = IdPool::new(256);
         let vmids = IdPool::new(256);
+        let s1_cd_max = cfg
+            .ssid_bits
+            .unwrap_or(ids.idr1.ssid_bits())
+            .min(ids.idr1.ssid_bits())
+            .min(MAX_LINEAR_CD_BITS);
         let mut unit = Self {
+            s1_cd_max,
             regs,
             base,
             ids,
@@ -426,7 +444,8 @@ impl Unit {
         let old = slot.entry.read();
         let old_cfg = if old[0] & 1 == 0 { None } else { Some((old[0] >> 1) & 7) };
         let cd_table = slot.cd_table();
-        let cd_entry = cd_table.and_then(|(v, _)| CdTable::entry_at(v, ENTRY_BYTES, 0));
+        let cd_len = ENTRY_BYTES << self.s1_cd_max;
+        let cd_entry = cd_table.and_then(|(v, _)| CdTable::entry_at(v, cd_len, 0));
         let old_cd = cd_entry.map(|e| e.read());
 
         // The new CD, in the StreamID's CD table (allocated on first use, kept afterwards).
@@ -440,7 +459,7 @@ impl Unit {
                 match (cd_table, cd_entry) {
                     (Some((_, phys)), Some(entry)) => (phys, Some(cd), Some(entry)),
                     _ => {
-                        let t = CdTable::new(platform, 0)?;
+                        let t = CdTable::new(platform, self.s1_cd_max)?;
                         let phys = t.pages.phys();
                         let entry = CdTable::entry_at(t.pages.virt(), t.pages.len(), 0)
                             .ok_or(Error::NotFound { what: "SMMU CD 0" })?;
@@ -455,7 +474,7 @@ impl Unit {
             }
             None => (PhysAddr(0), None, None),
         };
-        let new = encode_ste(config, cd_phys, 0, self.oas)?;
+        let new = encode_ste(config, cd_phys, self.s1_cd_max, self.oas)?;
         let cd_changes = new_cd.is_some() && new_cd != old_cd;
         if new == old && !cd_changes {
             return Ok(());
@@ -508,6 +527,83 @@ impl Unit {
         }
         for c in owed {
             let _ = batch.push(c);
+        }
+        self.cmdq.submit(platform, &batch)
+    }
+
+    /// SubstreamIDs each StreamID's CD table serves: `2^bits` (0: only the CD of requests
+    /// without a SubstreamID).
+    pub const fn substream_bits(&self) -> u8 {
+        self.s1_cd_max
+    }
+
+    /// Sets (`Some`) or clears (`None`) the CD of SubstreamID `ssid` (1 ..
+    /// 2^[`substream_bits`](Self::substream_bits)) of `sid`, whose STE must already translate
+    /// with stage 1 (or nested) through [`set_stream`](Self::set_stream): requests tagged with
+    /// that PASID then translate through `s1`. The CD is written with V last; a valid CD that
+    /// changes in more than one word is first made invalid (CFGI_CD, CMD_SYNC), so requests in
+    /// that window fault rather than see a mix. Then CFGI_CD, the old ASID's TLBI (with the
+    /// STE's VMID) and one CMD_SYNC.
+    pub fn set_substream<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        sid: StreamId,
+        ssid: u32,
+        s1: Option<Stage1>,
+    ) -> Result<()> {
+        if ssid == 0 || u64::from(ssid) >> self.s1_cd_max != 0 {
+            return Err(Error::InvalidField {
+                what: "SubstreamID outside the CD table (0 is the STE's own CD)",
+                value: u64::from(ssid),
+            });
+        }
+        if let Some(s) = &s1 {
+            self.check_asid(s.asid)?;
+        }
+        let not_s1 = Error::InvalidField {
+            what: "SMMU substream on a StreamID without stage 1",
+            value: u64::from(sid.0),
+        };
+        let slot = self.streams.slot(platform, sid, false)?.ok_or(not_s1)?;
+        let ste = slot.entry.read();
+        let cfg = (ste[0] >> 1) & 7;
+        if ste[0] & 1 == 0 || !matches!(cfg, ste_config::S1_TRANS | ste_config::NESTED) {
+            return Err(not_s1);
+        }
+        let (virt, _) = slot.cd_table().ok_or(not_s1)?;
+        let entry = CdTable::entry_at(virt, ENTRY_BYTES << self.s1_cd_max, ssid)
+            .ok_or(Error::NotFound { what: "SMMU CD of the SubstreamID" })?;
+        let old = entry.read();
+        let new = match &s1 {
+            Some(s) => encode_cd(s, self.oas)?,
+            None => [0; 8],
+        };
+        if old == new {
+            return Ok(());
+        }
+        const CD_V: u64 = 1 << 31;
+        let old_valid = old[0] & CD_V != 0;
+        let differing = old.iter().zip(new.iter()).filter(|(a, b)| a != b).count();
+        if old_valid && (new[0] & CD_V == 0 || differing > 1) {
+            // Invalidate first: clear V alone, then make the SMMU drop its cached copy.
+            entry.write_word(0, old[0] & !CD_V);
+            platform.sync_for_device(entry.virt(), ENTRY_BYTES);
+            self.cmdq.submit(platform, &[Command::cfgi_cd(sid, ssid, true)?])?;
+        }
+        if new[0] & CD_V != 0 {
+            entry.write(&new);
+        } else {
+            for (i, w) in new.iter().enumerate() {
+                entry.write_word(i, *w);
+            }
+        }
+        platform.sync_for_device(entry.virt(), ENTRY_BYTES);
+        let mut batch: Vec<Command, 2> = Vec::new();
+        let _ = batch.push(Command::cfgi_cd(sid, ssid, true)?);
+        if old_valid {
+            // CAST: the old CD's ASID (63:48) and the STE's S2VMID (15:0).
+            let _ =
+                batch.push(Command::tlbi_nh_asid((old[0] >> 48) as u16, (ste[2] & 0xffff) as u16));
         }
         self.cmdq.submit(platform, &batch)
     }
