@@ -78,7 +78,7 @@ const VTD_SECOND_STAGE_LINES: [&str; 14] = [
 ];
 
 /// What every SMMUv3 DMA run must show (edu on the root bus: StreamID 8 through `iommu-map`).
-const SMMU_DMA_LINES: [&str; 25] = [
+const SMMU_DMA_LINES: [&str; 27] = [
     "SMMUv3: edu 0000:00:01.0 has StreamID 0x8",
     "SMMUv3 linear stream table: edu StreamID 0x8 attached to a stage 1 domain",
     "SMMUv3 stage 1: edu copied IOVA 0x10000000 -> 0x10001000: bytes equal true, 0 event(s)",
@@ -104,6 +104,8 @@ const SMMU_DMA_LINES: [&str; 25] = [
     "SMMUv3 nested: edu copied IOVA 0x10000000 -> 0x10001000: bytes equal true, 0 event(s)",
     "check ok: the nested fault is reported at stage 1 and memory is unchanged",
     "SMMUv3 nested: stage 2 maps IPA 0x40000000 with a 1024 MiB block",
+    "check ok: the event queue's wired interrupt reached the GIC",
+    "check ok: the global error's wired interrupt reached the GIC",
 ];
 
 #[rustfmt::skip]
@@ -255,9 +257,10 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "running at EL2",
         ] } },
     // Issue 5: edu DMA through the driver's SMMUv3 stream table, CDs and page tables (stage 1,
-    // stage 2, nested; linear and 2-level stream tables), at EL1 and EL2. The unmap checks fail
-    // if the TLBI is skipped (QEMU caches translations; tried), and the nested one if the TLBI
-    // lacks the VMID.
+    // stage 2, nested; linear and 2-level stream tables), at EL1 (GICv2) and EL2 (GICv3); the
+    // event queue and global error SPIs are seen pending in the GIC distributor. The unmap
+    // checks fail if the TLBI is skipped (QEMU caches translations; tried), the nested one if
+    // the TLBI lacks the VMID (found that way), the GIC ones without IRQ_CTRL (tried).
     Scenario { name: "virt-smmuv3-el1-dma", shape: "virt-smmuv3-dma", self_test: "smmu", timeout: DEFAULT_TIMEOUT,
         expect: Pass { lines: &SMMU_DMA_LINES } },
     Scenario { name: "virt-smmuv3-el2-dma", shape: "virt-smmuv3-el2-dma", self_test: "smmu", timeout: DEFAULT_TIMEOUT,
