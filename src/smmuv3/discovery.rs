@@ -179,4 +179,33 @@ mod tests {
         assert_eq!(map.stream_id(RequesterId(0x0300)).unwrap(), Some(StreamId(0x300)));
         assert!(stream_id_map(Firmware::DeviceTree(&dt), &d, 1).is_err());
     }
+
+    #[test]
+    fn qemu_virt_iort() {
+        let bytes = crate::firmware::acpi::iort::tests::qemu_virt_iort();
+        let iort = Iort::parse(&bytes).unwrap();
+        let d = describe(Firmware::Iort(&iort), 0).unwrap().unwrap();
+        // notes §2.8: base 0x09050000, COHACC override, GSIVs event 106, PRI 107, gerror 109,
+        // sync 108; the node sits at offset 72.
+        assert_eq!(d.base, PhysAddr(0x0905_0000));
+        assert!(d.coherent);
+        assert_eq!((d.event_irq, d.priq_irq, d.sync_irq, d.gerror_irq), (106, 107, 108, 109));
+        assert_eq!(d.origin, Origin::Iort(72));
+        assert!(describe(Firmware::Iort(&iort), 1).unwrap().is_none());
+        let map = stream_id_map(Firmware::Iort(&iort), &d, 0).unwrap();
+        assert_eq!(map.stream_id(RequesterId(0x0008)).unwrap(), Some(StreamId(8)));
+        // The same SMMU seen from the device tree gives the same StreamIDs.
+        let dt = DeviceTree::new(include_bytes!("../firmware/testdata/qemu-virt.dtb")).unwrap();
+        let dd = describe(Firmware::DeviceTree(&dt), 0).unwrap().unwrap();
+        let dmap = stream_id_map(Firmware::DeviceTree(&dt), &dd, 0).unwrap();
+        for rid in [0u16, 8, 0x100, 0xffff] {
+            assert_eq!(
+                map.stream_id(RequesterId(rid)).unwrap(),
+                dmap.stream_id(RequesterId(rid)).unwrap()
+            );
+        }
+        assert_eq!((dd.base, dd.event_irq, dd.gerror_irq), (d.base, d.event_irq, d.gerror_irq));
+        // A description from one firmware language does not index the other.
+        assert!(stream_id_map(Firmware::Iort(&iort), &dd, 0).is_err());
+    }
 }

@@ -454,3 +454,45 @@ fn substreams_get_their_own_cds() {
     assert!(unit.set_substream(&f, sid, 16, Some(s1(a))).is_err(), "beyond 2^4 CDs");
     assert!(unit.set_substream(&f, sid, 0, Some(s1(a))).is_err(), "SubstreamID 0 is the STE's CD");
 }
+
+#[test]
+fn a_unit_left_enabled_aborts_traffic_before_it_is_reprogrammed() {
+    let f = Fake::new();
+    f.w32(offset::CR0, cr0::SMMUEN | cr0::CMDQEN);
+    f.w32(offset::CR0ACK, cr0::SMMUEN | cr0::CMDQEN);
+    f.w32(offset::GBPA, 1 << 12);
+    let unit = Unit::new(&f, PhysAddr(0x0905_0000), linear(4)).unwrap();
+    // GBPA.ABORT (bit 20) set through the UPDATE handshake, SHCFG kept.
+    assert_eq!(f.r32(offset::GBPA), (1 << 20) | (1 << 12));
+    assert_eq!(unit.control(), cr0::SMMUEN | cr0::CMDQEN | cr0::EVENTQEN);
+}
+
+#[test]
+fn a_unit_that_never_acknowledges_cr0_times_out() {
+    struct Dead(Fake);
+    // SAFETY: delegates to `Fake`, except that nothing happens between polls.
+    unsafe impl Platform for Dead {
+        fn alloc_dma_pages(&self, count: usize, align: usize) -> Result<DmaPages> {
+            self.0.alloc_dma_pages(count, align)
+        }
+        unsafe fn free_dma_pages(&self, pages: DmaPages) {
+            // SAFETY: forwarded contract.
+            unsafe { self.0.free_dma_pages(pages) }
+        }
+        fn map_mmio(&self, base: PhysAddr, size: usize) -> Result<NonNull<u8>> {
+            self.0.map_mmio(base, size)
+        }
+        fn map_firmware(&self, base: PhysAddr, size: usize) -> Result<NonNull<u8>> {
+            self.0.map_firmware(base, size)
+        }
+        fn write_barrier(&self) {}
+        fn read_barrier(&self) {}
+        fn now(&self) -> Instant {
+            self.0.now()
+        }
+    }
+    let d = Dead(Fake::new());
+    // CR0 = 0 is acknowledged trivially (CR0ACK reads 0); enabling the command queue is not.
+    let err = Unit::new(&d, PhysAddr(0x0905_0000), linear(4)).unwrap_err();
+    assert_eq!(err, Error::Timeout { what: "SMMU CR0ACK", waited_us: 1_000_000 });
+}
