@@ -218,6 +218,34 @@ impl Command {
         ])
     }
 
+    /// A range TLBI (SMMUv3.1 IDR3.RIL, §4.4.1): TLBI_NH_VA or TLBI_S2_IPA (`op`) of
+    /// `(num + 1) * 2^scale` 4 KiB pages from `addr` (TG = 0b01: 4 KiB, TTL = 0: any level).
+    pub fn tlbi_range(
+        op: u8,
+        asid: u16,
+        vmid: u16,
+        addr: u64,
+        leaf: bool,
+        scale: u8,
+        num: u8,
+    ) -> Result<Self> {
+        if !matches!(op, opcode::TLBI_NH_VA | opcode::TLBI_S2_IPA) || scale > 31 || num > 31 {
+            return Err(Error::InvalidField {
+                what: "range TLBI opcode, SCALE or NUM",
+                value: u64::from(op),
+            });
+        }
+        let asid = if op == opcode::TLBI_NH_VA { u64::from(asid) << 48 } else { 0 };
+        Ok(Self([
+            u64::from(op)
+                | (u64::from(num) << 12)
+                | (u64::from(scale) << 20)
+                | (u64::from(vmid) << 32)
+                | asid,
+            (addr & 0x000f_ffff_ffff_f000) | (1 << 10) | leaf as u64,
+        ]))
+    }
+
     /// TLBI_S12_VMALL: every stage-1 and stage-2 entry of `vmid`.
     pub const fn tlbi_s12_vmall(vmid: u16) -> Self {
         Self([opcode::TLBI_S12_VMALL as u64 | ((vmid as u64) << 32), 0])
@@ -326,6 +354,18 @@ mod tests {
         let c = Command::tlbi_s2_ipa(7, 0xfff0_0000_2000_0fff, false);
         assert_eq!(c.0, [0x0000_0007_0000_002a, 0x0000_0000_2000_0000]);
         assert_eq!(Command::tlbi_s12_vmall(0x8001).0, [0x0000_8001_0000_0028, 0]);
+    }
+
+    #[test]
+    fn range_tlbi_fields() {
+        // CMDQ_TLBI_0_NUM GENMASK(16,12), CMDQ_TLBI_0_SCALE GENMASK(24,20),
+        // CMDQ_TLBI_1_TG GENMASK(11,10), CMDQ_TLBI_1_TTL GENMASK(9,8).
+        let c = Command::tlbi_range(opcode::TLBI_NH_VA, 0x42, 3, 0x2000_0000, false, 9, 0).unwrap();
+        assert_eq!(c.0, [0x0042_0003_0090_0012, 0x2000_0400]);
+        let c = Command::tlbi_range(opcode::TLBI_S2_IPA, 0x42, 3, 0x1000, true, 0, 31).unwrap();
+        assert_eq!(c.0, [0x0000_0003_0001_f02a, 0x1401]);
+        assert!(Command::tlbi_range(opcode::TLBI_NH_ASID, 0, 0, 0, false, 0, 0).is_err());
+        assert!(Command::tlbi_range(opcode::TLBI_NH_VA, 0, 0, 0, false, 32, 0).is_err());
     }
 
     #[test]

@@ -318,6 +318,8 @@ fn a_valid_to_valid_change_passes_through_abort() {
 #[test]
 fn flush_issues_one_tlbi_per_page_then_frees_emptied_tables() {
     let f = Fake::new();
+    // Without range invalidation (IDR3.RIL clear).
+    f.w32(offset::IDR3, 0x1014);
     let mut unit = Unit::new(&f, PhysAddr(0x0905_0000), linear(8)).unwrap();
     let asid = unit.allocate_asid().unwrap();
     let mut t = IoPageTable::new(&f, Arm64Stage1::new(2), 4, PageSizes::ALL).unwrap();
@@ -495,4 +497,56 @@ fn a_unit_that_never_acknowledges_cr0_times_out() {
     // CR0 = 0 is acknowledged trivially (CR0ACK reads 0); enabling the command queue is not.
     let err = Unit::new(&d, PhysAddr(0x0905_0000), linear(4)).unwrap_err();
     assert_eq!(err, Error::Timeout { what: "SMMU CR0ACK", waited_us: 1_000_000 });
+}
+
+#[test]
+fn range_tlbis_cover_each_range_with_few_commands() {
+    let f = Fake::new();
+    let mut unit = Unit::new(&f, PhysAddr(0x0905_0000), linear(8)).unwrap();
+    assert!(unit.ids().idr3.ril());
+    let vmid = unit.allocate_vmid().unwrap();
+    let scope = TlbScope::Stage2 { vmid };
+    let mut t =
+        IoPageTable::new(&f, crate::iommu::pagetable::Arm64Stage2::new(2), 4, PageSizes::ALL)
+            .unwrap();
+    t.set_domain(u32::from(vmid));
+    // 2 MiB block then a 4 KiB hole: the whole block is invalidated, non-leaf (a split).
+    unit.flush(
+        &f,
+        t.map(&f, Iova(0x20_0000), PhysAddr(0x4020_0000), 0x20_0000, Perms::RW).unwrap(),
+        scope,
+    )
+    .unwrap();
+    let n = f.commands.borrow().len();
+    unit.flush(&f, t.unmap(&f, Iova(0x20_1000), 0x1000).unwrap(), scope).unwrap();
+    let cmds = f.commands.borrow()[n..].to_vec();
+    assert_eq!(cmds.len(), 2, "{cmds:x?}");
+    // 512 pages = (0 + 1) * 2^9: NUM 0, SCALE 9, TG 4 KiB, Leaf clear, VMID.
+    assert_eq!(cmds[0].opcode(), opcode::TLBI_S2_IPA);
+    assert_eq!((cmds[0].0[0] >> 12) & 0x1f, 0);
+    assert_eq!((cmds[0].0[0] >> 20) & 0x1f, 9);
+    assert_eq!((cmds[0].0[0] >> 32) & 0xffff, u64::from(vmid));
+    assert_eq!(cmds[0].0[1], 0x20_0000 | (1 << 10));
+    // 7 pages at an odd start: 7 = 0b111 -> one command of (6 + 1) * 2^0.
+    let n = f.commands.borrow().len();
+    unit.flush(&f, t.unmap(&f, Iova(0x20_3000), 0x7000).unwrap(), scope).unwrap();
+    let cmds = f.commands.borrow()[n..].to_vec();
+    assert_eq!(cmds.len(), 2);
+    assert_eq!(((cmds[0].0[0] >> 12) & 0x1f, (cmds[0].0[0] >> 20) & 0x1f), (6, 0));
+    assert_eq!(cmds[0].0[1] & !0xfff, 0x20_3000);
+    assert_eq!(cmds[0].0[1] & 1, 1, "leaf only");
+    // 40 pages = 0b101000: (4 + 1) * 2^3 in one command.
+    unit.flush(
+        &f,
+        t.map(&f, Iova(0x40_0000), PhysAddr(0x4040_0000), 0x28000, Perms::RW).unwrap(),
+        scope,
+    )
+    .unwrap();
+    let n = f.commands.borrow().len();
+    unit.flush(&f, t.unmap(&f, Iova(0x40_0000), 0x28000).unwrap(), scope).unwrap();
+    let cmds = f.commands.borrow()[n..].to_vec();
+    assert_eq!(cmds.len(), 2);
+    assert_eq!(((cmds[0].0[0] >> 12) & 0x1f, (cmds[0].0[0] >> 20) & 0x1f), (4, 3));
+    assert_eq!(cmds[0].0[1], 0x40_0000 | (1 << 10), "not leaf-only: the emptied table went");
+    unit.flush(&f, t.destroy(&f), scope).unwrap();
 }

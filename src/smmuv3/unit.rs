@@ -27,7 +27,7 @@ use crate::hal::{Platform, poll};
 use crate::iommu::PendingInvalidation;
 use crate::mmio::MmioRegion;
 
-use super::command::Command;
+use super::command::{Command, opcode};
 use super::event::Event;
 use super::queue::{CommandQueue, Drained, EventQueue, ProducerQueue};
 use super::regs::{IdRegisters, StreamTableLevels, cr0, cr1, cr2, gbpa, gerror, irq_ctrl, offset};
@@ -647,9 +647,10 @@ impl Unit {
     /// Issues the TLB invalidations `pending` owes in `scope`, with one CMD_SYNC, and once the
     /// SMMU confirmed them releases the table pages the change emptied.
     ///
-    /// Each range becomes one TLBI by address per 4 KiB page (Leaf set when only leaves
-    /// changed); a whole-domain change, or more than [`MAX_FLUSH_COMMANDS`] pages, becomes one
-    /// TLBI_NH_ASID or TLBI_S12_VMALL. The pending value's domain must be the scope's ASID or
+    /// Each range becomes range TLBIs where IDR3.RIL offers them (a few per range), else one
+    /// TLBI by address per 4 KiB page (Leaf set when only leaves changed); a whole-domain
+    /// change, or more than [`MAX_FLUSH_COMMANDS`] commands, becomes one TLBI_NH_ASID or
+    /// TLBI_S12_VMALL. The pending value's domain must be the scope's ASID or
     /// VMID (a table whose `set_domain` was forgotten would otherwise flush the wrong tag); on
     /// any failure the pages are leaked, never released.
     pub fn flush<P: Platform + ?Sized>(
@@ -681,15 +682,45 @@ impl Unit {
         let mut batch: Vec<Command, MAX_FLUSH_COMMANDS> = Vec::new();
         let mut whole =
             pending.whole_domain || (pending.ranges.is_empty() && !pending.freed.is_empty());
+        let (op, asid, vmid) = match scope {
+            TlbScope::Stage1 { asid, vmid } => (opcode::TLBI_NH_VA, asid, vmid),
+            TlbScope::Stage2 { vmid } => (opcode::TLBI_S2_IPA, 0, vmid),
+        };
         if !whole {
             'ranges: for r in pending.ranges.iter() {
+                if self.ids.idr3.ril() {
+                    // Range TLBIs: each covers (NUM + 1) * 2^SCALE pages at the lowest set bit
+                    // of the remaining page count, as Linux's `__arm_smmu_tlb_inv_range`.
+                    let mut pages = r.len >> 12;
+                    let mut at = r.start;
+                    while pages > 0 {
+                        let scale = pages.trailing_zeros();
+                        let num = (pages >> scale) & 31;
+                        // CAST: scale < 64 and 1 <= num < 32; a SCALE beyond 31 (a range of
+                        // 2^44 bytes or more) is refused and widens to the whole domain.
+                        let c = Command::tlbi_range(
+                            op,
+                            asid,
+                            vmid,
+                            at,
+                            r.leaf_only,
+                            scale as u8,
+                            (num - 1) as u8,
+                        );
+                        if c.map(|c| batch.push(c).is_err()).unwrap_or(true) {
+                            whole = true;
+                            break 'ranges;
+                        }
+                        at += num << (scale + 12);
+                        pages -= num << scale;
+                    }
+                    continue;
+                }
                 let mut at = r.start;
                 while at < r.start.saturating_add(r.len) {
                     let c = match scope {
-                        TlbScope::Stage1 { asid, vmid } => {
-                            Command::tlbi_nh_va(asid, vmid, at, r.leaf_only)
-                        }
-                        TlbScope::Stage2 { vmid } => Command::tlbi_s2_ipa(vmid, at, r.leaf_only),
+                        TlbScope::Stage1 { .. } => Command::tlbi_nh_va(asid, vmid, at, r.leaf_only),
+                        TlbScope::Stage2 { .. } => Command::tlbi_s2_ipa(vmid, at, r.leaf_only),
                     };
                     if batch.push(c).is_err() {
                         whole = true;
