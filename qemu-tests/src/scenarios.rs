@@ -78,7 +78,7 @@ const VTD_SECOND_STAGE_LINES: [&str; 14] = [
 ];
 
 /// What every SMMUv3 DMA run must show (edu on the root bus: StreamID 8 through `iommu-map`).
-const SMMU_DMA_LINES: [&str; 27] = [
+const SMMU_DMA_LINES: [&str; 29] = [
     "SMMUv3: edu 0000:00:01.0 has StreamID 0x8",
     "SMMUv3 linear stream table: edu StreamID 0x8 attached to a stage 1 domain",
     "SMMUv3 stage 1: edu copied IOVA 0x10000000 -> 0x10001000: bytes equal true, 0 event(s)",
@@ -106,6 +106,8 @@ const SMMU_DMA_LINES: [&str; 27] = [
     "SMMUv3 nested: stage 2 maps IPA 0x40000000 with a 1024 MiB block",
     "check ok: the event queue's wired interrupt reached the GIC",
     "check ok: the global error's wired interrupt reached the GIC",
+    "check ok: an event queue overflow is detected and acknowledged",
+    "check ok: events are delivered again after the overflow",
 ];
 
 #[rustfmt::skip]
