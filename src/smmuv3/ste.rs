@@ -117,15 +117,16 @@ fn check_levels(levels: u8, what: &'static str) -> Result<()> {
 
 /// Builds the eight words of an STE (§5.2).
 ///
-/// `cd_table` is the physical address of the StreamID's CD table (stage 1 and nested), with
-/// `s1_cd_max` = log2 of its CD count (S1CDMax, 0 for one CD: QEMU accepts nothing else); `oas`
-/// the SMMU's output address size in bits (for S2PS).
+/// `cd_table` is the physical address of the StreamID's CD table (stage 1 and nested), laid out
+/// as `cd` says (S1CDMax = log2 of its CD count, 0 for one CD: QEMU accepts nothing else;
+/// S1Fmt linear or 2-level); `oas` the SMMU's output address size in bits (for S2PS).
 pub fn encode_ste(
     config: StreamConfig,
     cd_table: PhysAddr,
-    s1_cd_max: u8,
+    cd: CdLayout,
     oas: u8,
 ) -> Result<[u64; 8]> {
+    let s1_cd_max = cd.bits;
     let mut w = [0u64; 8];
     // Word 1 for every translating or bypassing STE: SHCFG = 0b01 (use incoming
     // shareability), as Linux does.
@@ -135,8 +136,10 @@ pub fn encode_ste(
         if s1_cd_max > 20 {
             return Err(Error::InvalidField { what: "STE S1CDMax", value: u64::from(s1_cd_max) });
         }
-        // S1Fmt 0 (linear CD table), S1ContextPtr 51:6, S1CDMax 63:59.
-        w[0] |= (cd_table.0 & ADDR_51_6) | (u64::from(s1_cd_max) << 59);
+        // S1Fmt 5:4 (0 linear, 1 2-level with 4 KiB leaf tables of 64 CDs), S1ContextPtr 51:6,
+        // S1CDMax 63:59.
+        let s1fmt: u64 = if cd.two_level { 1 } else { 0 };
+        w[0] |= (s1fmt << 4) | (cd_table.0 & ADDR_51_6) | (u64::from(s1_cd_max) << 59);
         if s1_cd_max > 0 {
             // S1DSS (word 1 bits 1:0) = 0b10: transactions without a SubstreamID use CD 0
             // (and SubstreamID 0 itself is then illegal), as Linux does with PASIDs.
@@ -487,34 +490,113 @@ impl StreamTable {
 /// (IDR0.CD2L) that wider SubstreamIDs need is not implemented.
 pub const MAX_LINEAR_CD_BITS: u8 = 10;
 
-/// A StreamID's context-descriptor table: `2^s1_cd_max` CDs in one linear array (S1Fmt 0).
-#[derive(Debug)]
-pub(crate) struct CdTable {
-    pub(crate) pages: DmaPages,
+/// log2 of the CDs in one 2-level leaf table (4 KiB, S1Fmt 0b01).
+const CD_LEAF_BITS: u8 = 6;
+/// Most SubstreamID bits (SMMU_IDR1.SSIDSIZE is at most 20).
+pub const MAX_CD_BITS: u8 = 20;
+
+/// How every StreamID's CD table is laid out.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct CdLayout {
+    /// log2 of the CDs (S1CDMax).
+    pub bits: u8,
+    /// 2-level (S1Fmt 0b01): an L1 array of descriptors, each pointing at a 4 KiB leaf table of
+    /// 64 CDs allocated on first use (needs IDR0.CD2L); otherwise one linear array.
+    pub two_level: bool,
 }
 
-impl CdTable {
-    pub(crate) fn new<P: Platform + ?Sized>(platform: &P, s1_cd_max: u8) -> Result<Self> {
-        if s1_cd_max > MAX_LINEAR_CD_BITS {
-            return Err(Error::Unsupported {
-                what: "linear CD table beyond 1024 CDs (2-level CD tables)",
-                value: u64::from(s1_cd_max),
-            });
-        }
-        let pages = pages_for(ENTRY_BYTES << s1_cd_max).next_power_of_two();
-        let run = platform.alloc_dma_pages(pages, pages * PAGE_SIZE)?;
-        platform.sync_for_device(run.virt(), run.len());
-        Ok(Self { pages: run })
+impl CdLayout {
+    /// One linear table of `2^bits` CDs.
+    pub const fn linear(bits: u8) -> Self {
+        Self { bits, two_level: false }
     }
 
-    /// The CD of `ssid`, if inside the table.
-    pub(crate) fn entry_at(virt: NonNull<u8>, len: usize, ssid: u32) -> Option<Entry> {
-        let at = (ssid as usize).checked_mul(ENTRY_BYTES)?;
-        if at + ENTRY_BYTES > len {
-            return None;
+    fn l1_count(&self) -> usize {
+        1usize << self.bits.saturating_sub(CD_LEAF_BITS)
+    }
+
+    /// Allocates an empty table (every CD invalid; for 2-level, no leaf yet), made visible.
+    /// Returns its CPU and physical address.
+    pub(crate) fn alloc<P: Platform + ?Sized>(
+        &self,
+        platform: &P,
+    ) -> Result<(NonNull<u8>, PhysAddr)> {
+        let bytes = if self.two_level {
+            if self.bits <= CD_LEAF_BITS || self.bits > MAX_CD_BITS {
+                return Err(Error::InvalidField {
+                    what: "2-level CD table SubstreamID bits",
+                    value: u64::from(self.bits),
+                });
+            }
+            // L1 descriptors, then one CPU-only slot per descriptor with the leaf's address.
+            16 * self.l1_count()
+        } else {
+            if self.bits > MAX_LINEAR_CD_BITS {
+                return Err(Error::Unsupported {
+                    what: "linear CD table beyond 1024 CDs (needs IDR0.CD2L)",
+                    value: u64::from(self.bits),
+                });
+            }
+            ENTRY_BYTES << self.bits
+        };
+        let pages = pages_for(bytes).next_power_of_two();
+        let run = platform.alloc_dma_pages(pages, pages * PAGE_SIZE)?;
+        platform.sync_for_device(run.virt(), run.len());
+        // INVARIANT: the run belongs to the StreamID's STE shadow from here; `DmaPages` has no
+        // `Drop`, so it is never freed while the SMMU may read it.
+        Ok((run.virt(), run.phys()))
+    }
+
+    /// The CD of `ssid` in the table at `virt`; for 2-level tables with `allocate`, a missing
+    /// leaf table is allocated, made visible and linked (the bool says so: the L1 descriptor
+    /// changed and the caller's CFGI_CD must not be leaf-only). `None` outside the table or
+    /// without a leaf.
+    pub(crate) fn entry<P: Platform + ?Sized>(
+        &self,
+        platform: &P,
+        virt: NonNull<u8>,
+        ssid: u32,
+        allocate: bool,
+    ) -> Result<Option<(Entry, bool)>> {
+        if u64::from(ssid) >> self.bits != 0 {
+            return Ok(None);
         }
-        // SAFETY: `at + 64 <= len` bytes of the CD table run.
-        Some(Entry(unsafe { virt.add(at).cast() }))
+        let ssid = ssid as usize;
+        if !self.two_level {
+            // SAFETY: ssid < 2^bits, so the 64 bytes lie inside the linear table run.
+            return Ok(Some((Entry(unsafe { virt.add(ssid * ENTRY_BYTES).cast() }), false)));
+        }
+        let l1 = ssid >> CD_LEAF_BITS;
+        // SAFETY: l1 < l1_count: the descriptor and its shadow slot lie in the L1 run; the
+        // descriptor is read by the SMMU and accessed atomically by the CPU, the shadow is
+        // CPU-only.
+        let (desc, shadow) = unsafe {
+            (
+                AtomicU64::from_ptr(virt.as_ptr().cast::<u64>().add(l1)),
+                AtomicUsize::from_ptr(virt.as_ptr().cast::<usize>().add(self.l1_count() + l1)),
+            )
+        };
+        let mut leaf = shadow.load(Ordering::Relaxed);
+        let mut allocated = false;
+        if leaf == 0 {
+            if !allocate {
+                return Ok(None);
+            }
+            let run = platform.alloc_dma_pages(1, PAGE_SIZE)?;
+            platform.sync_for_device(run.virt(), run.len());
+            leaf = run.virt().as_ptr() as usize;
+            shadow.store(leaf, Ordering::Relaxed);
+            // L1CD: V (bit 0), L2Ptr 51:12 (§5.4.1); the zeroed leaf is visible first.
+            desc.store((run.phys().0 & 0x000f_ffff_ffff_f000) | 1, Ordering::Release);
+            platform.sync_for_device(NonNull::from(desc).cast(), 8);
+            allocated = true;
+        }
+        let within = ssid & ((1 << CD_LEAF_BITS) - 1);
+        // SAFETY: `leaf` is a 4 KiB leaf run this table allocated; within < 64 CDs of 64 bytes.
+        let entry =
+            unsafe { NonNull::new_unchecked((leaf as *mut u8).add(within * ENTRY_BYTES).cast()) };
+        Ok(Some((Entry(entry), allocated)))
     }
 }
 
@@ -532,12 +614,15 @@ mod tests {
 
     #[test]
     fn abort_bypass_invalid() {
-        assert_eq!(encode_ste(StreamConfig::Invalid, PhysAddr(0), 0, 44).unwrap(), [0; 8]);
         assert_eq!(
-            encode_ste(StreamConfig::Abort, PhysAddr(0), 0, 44).unwrap(),
+            encode_ste(StreamConfig::Invalid, PhysAddr(0), CdLayout::linear(0), 44).unwrap(),
+            [0; 8]
+        );
+        assert_eq!(
+            encode_ste(StreamConfig::Abort, PhysAddr(0), CdLayout::linear(0), 44).unwrap(),
             [0x1, 0, 0, 0, 0, 0, 0, 0]
         );
-        let b = encode_ste(StreamConfig::Bypass, PhysAddr(0), 0, 44).unwrap();
+        let b = encode_ste(StreamConfig::Bypass, PhysAddr(0), CdLayout::linear(0), 44).unwrap();
         assert_eq!(b[0], 0x9);
         assert_eq!(b[1], 0x0000_1000_0000_0000);
     }
@@ -545,14 +630,22 @@ mod tests {
     #[test]
     fn stage1_ste_and_cd() {
         let s1 = Stage1 { root: PhysAddr(0x4123_4000), levels: 4, asid: 0x42 };
-        let w = encode_ste(StreamConfig::Stage1(s1), PhysAddr(0x4555_0000), 0, 44).unwrap();
+        let w =
+            encode_ste(StreamConfig::Stage1(s1), PhysAddr(0x4555_0000), CdLayout::linear(0), 44)
+                .unwrap();
         assert_eq!(w[0], 0x4555_0000 | (5 << 1) | 1);
         assert_eq!(w[1], (1 << 2) | (1 << 4) | (3 << 6) | (1 << 44));
         assert_eq!(w[2..], [0; 6]);
-        let w = encode_ste(StreamConfig::Stage1(s1), PhysAddr(0x4555_0000), 3, 44).unwrap();
+        let w =
+            encode_ste(StreamConfig::Stage1(s1), PhysAddr(0x4555_0000), CdLayout::linear(3), 44)
+                .unwrap();
         assert_eq!(w[0] >> 59, 3);
         // STRTAB_STE_1_S1DSS GENMASK(1,0) = STRTAB_STE_1_S1DSS_SSID0 (2) with substreams.
         assert_eq!(w[1] & 3, 2);
+        // STRTAB_STE_0_S1FMT GENMASK(5,4): 0b01 = 2-level with 4 KiB leaf tables.
+        let two = CdLayout { bits: 12, two_level: true };
+        let w = encode_ste(StreamConfig::Stage1(s1), PhysAddr(0x4555_0000), two, 44).unwrap();
+        assert_eq!(w[0], 0x4555_0000 | (1 << 4) | (5 << 1) | 1 | (12 << 59));
 
         // CTXDESC_CD_0_TCR_T0SZ GENMASK(5,0), TG0 GENMASK(7,6), IRGN0 GENMASK(9,8), ORGN0
         // GENMASK(11,10), SH0 GENMASK(13,12), EPD1 BIT(30), V BIT(31), IPS GENMASK(34,32),
@@ -570,22 +663,29 @@ mod tests {
     #[test]
     fn stage2_and_nested_ste() {
         let s2 = Stage2 { root: PhysAddr(0x4777_8000), levels: 4, vmid: 0x0102 };
-        let w = encode_ste(StreamConfig::Stage2(s2), PhysAddr(0), 0, 44).unwrap();
+        let w = encode_ste(StreamConfig::Stage2(s2), PhysAddr(0), CdLayout::linear(0), 44).unwrap();
         assert_eq!(w[0], (6 << 1) | 1);
         // VTCR: T0SZ 20 (44-bit IPA: capped to the OAS), SL0 2, IR0 1, OR0 1, SH0 3, TG 0,
         // PS 4 (44 bits).
         let vtcr: u64 = 20 | (2 << 6) | (1 << 8) | (1 << 10) | (3 << 12) | (4 << 16);
         assert_eq!(w[2], 0x0102 | (vtcr << 32) | (1 << 51) | (1 << 58));
         assert_eq!(w[3], 0x4777_8000);
-        let w48 = encode_ste(StreamConfig::Stage2(s2), PhysAddr(0), 0, 48).unwrap();
+        let w48 =
+            encode_ste(StreamConfig::Stage2(s2), PhysAddr(0), CdLayout::linear(0), 48).unwrap();
         assert_eq!((w48[2] >> 32) & 0x3f, 16, "48-bit IPA with a 48-bit OAS");
-        let w3 = encode_ste(StreamConfig::Stage2(Stage2 { levels: 3, ..s2 }), PhysAddr(0), 0, 40)
-            .unwrap();
+        let w3 = encode_ste(
+            StreamConfig::Stage2(Stage2 { levels: 3, ..s2 }),
+            PhysAddr(0),
+            CdLayout::linear(0),
+            40,
+        )
+        .unwrap();
         assert_eq!((w3[2] >> 32) & 0x3f, 25);
         assert_eq!((w3[2] >> 38) & 3, 1);
         assert_eq!((w3[2] >> 48) & 7, 2);
         let s1 = Stage1 { root: PhysAddr(0x1000), levels: 4, asid: 1 };
-        let n = encode_ste(StreamConfig::Nested(s1, s2), PhysAddr(0x2000), 0, 44).unwrap();
+        let n = encode_ste(StreamConfig::Nested(s1, s2), PhysAddr(0x2000), CdLayout::linear(0), 44)
+            .unwrap();
         assert_eq!(n[0], 0x2000 | (7 << 1) | 1);
         assert_ne!(n[2] & (1 << 54), 0, "S2PTW for nested");
         assert_ne!(n[2] & (1 << 51), 0, "S2AA64 always");
@@ -594,11 +694,17 @@ mod tests {
     #[test]
     fn bad_inputs() {
         let s2 = Stage2 { root: PhysAddr(0), levels: 5, vmid: 0 };
-        assert!(encode_ste(StreamConfig::Stage2(s2), PhysAddr(0), 0, 44).is_err());
+        assert!(
+            encode_ste(StreamConfig::Stage2(s2), PhysAddr(0), CdLayout::linear(0), 44).is_err()
+        );
         let s2 = Stage2 { root: PhysAddr(0), levels: 4, vmid: 0 };
-        assert!(encode_ste(StreamConfig::Stage2(s2), PhysAddr(0), 0, 45).is_err());
+        assert!(
+            encode_ste(StreamConfig::Stage2(s2), PhysAddr(0), CdLayout::linear(0), 45).is_err()
+        );
         let s1 = Stage1 { root: PhysAddr(0), levels: 4, asid: 0 };
-        assert!(encode_ste(StreamConfig::Stage1(s1), PhysAddr(0), 21, 44).is_err());
+        assert!(
+            encode_ste(StreamConfig::Stage1(s1), PhysAddr(0), CdLayout::linear(21), 44).is_err()
+        );
         assert_eq!(size_encoding(52), Ok(6));
     }
 }

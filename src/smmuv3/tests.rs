@@ -550,3 +550,43 @@ fn range_tlbis_cover_each_range_with_few_commands() {
     assert_eq!(cmds[0].0[1], 0x40_0000 | (1 << 10), "not leaf-only: the emptied table went");
     unit.flush(&f, t.destroy(&f), scope).unwrap();
 }
+
+#[test]
+fn wide_substreams_use_two_level_cd_tables() {
+    let f = Fake::new();
+    // CD2L (IDR0 bit 19) and SSIDSIZE 12.
+    f.w32(offset::IDR0, 0x0d44_101b | (1 << 19));
+    f.w32(offset::IDR1, 0x0273_0010 | (12 << 6));
+    let mut unit = Unit::new(&f, PhysAddr(0x0905_0000), linear(8)).unwrap();
+    assert_eq!(unit.cd_layout(), super::ste::CdLayout { bits: 12, two_level: true });
+    let asid = unit.allocate_asid().unwrap();
+    let sid = StreamId(9);
+    let s1 = Stage1 { root: PhysAddr(0x7000), levels: 4, asid };
+    unit.set_stream(&f, sid, StreamConfig::Stage1(s1)).unwrap();
+    let ste = unit.stream_entry(&f, sid).unwrap().unwrap();
+    // S1Fmt 0b01 (5:4), S1CDMax 12.
+    assert_eq!(((ste[0] >> 4) & 3, ste[0] >> 59), (1, 12));
+    let l1 = ste[0] & 0x000f_ffff_ffff_ffc0;
+    // L1CD 0: V, L2Ptr 51:12; CD 0 in that leaf is valid with the ASID.
+    let d0 = Fake::mem(l1, 0);
+    assert_eq!(d0 & 1, 1);
+    let cd0 = Fake::mem(d0 & 0x000f_ffff_ffff_f000, 0);
+    assert_eq!((cd0 >> 31 & 1, cd0 >> 48), (1, u64::from(asid)));
+    assert_eq!(Fake::mem(l1, 13), 0, "no leaf for SubstreamIDs 0x340..0x37f yet");
+    let n = f.commands.borrow().len();
+    unit.set_substream(&f, sid, 0x345, Some(s1)).unwrap();
+    let d13 = Fake::mem(l1, 13);
+    assert_eq!(d13 & 1, 1, "leaf allocated on first use");
+    assert_eq!(Fake::mem(d13 & 0x000f_ffff_ffff_f000, 5 * 8) >> 48, u64::from(asid));
+    // CFGI_CD for the SubstreamID, not leaf-only (the L1 descriptor changed).
+    let c = f.commands.borrow()[n];
+    assert_eq!((c.opcode(), (c.0[0] >> 12) & 0xf_ffff, c.0[1] & 1), (opcode::CFGI_CD, 0x345, 0));
+    let n = f.commands.borrow().len();
+    unit.set_substream(&f, sid, 0x346, Some(s1)).unwrap();
+    assert_eq!(f.commands.borrow()[n].0[1] & 1, 1, "same leaf: leaf-only");
+    // Clearing a CD in a leaf that does not exist is a no-op.
+    let n = f.commands.borrow().len();
+    unit.set_substream(&f, sid, 0xfff, None).unwrap();
+    assert_eq!(f.commands.borrow().len(), n);
+    assert!(unit.set_substream(&f, sid, 0x1000, Some(s1)).is_err(), "beyond 2^12");
+}

@@ -32,8 +32,9 @@ use super::event::Event;
 use super::queue::{CommandQueue, Drained, EventQueue, ProducerQueue};
 use super::regs::{IdRegisters, StreamTableLevels, cr0, cr1, cr2, gbpa, gerror, irq_ctrl, offset};
 use super::ste::{
-    CdTable, DEFAULT_SPLIT, ENTRY_BYTES, MAX_LINEAR_CD_BITS, MAX_LINEAR_SID_BITS, Stage1,
-    StreamConfig, StreamTable, StreamTableFormat, config as ste_config, encode_cd, encode_ste,
+    CdLayout, DEFAULT_SPLIT, ENTRY_BYTES, MAX_CD_BITS, MAX_LINEAR_CD_BITS, MAX_LINEAR_SID_BITS,
+    Stage1, StreamConfig, StreamTable, StreamTableFormat, config as ste_config, encode_cd,
+    encode_ste,
 };
 
 /// How long a CR0, GBPA or IRQ_CTRL change may take to be acknowledged.
@@ -185,8 +186,8 @@ pub struct Unit {
     asids: IdPool,
     vmids: IdPool,
     coherent: bool,
-    /// S1CDMax of every STE: log2 of the CDs in each StreamID's CD table.
-    s1_cd_max: u8,
+    /// How every StreamID's CD table is laid out (S1CDMax, S1Fmt).
+    cd_layout: CdLayout,
 }
 
 impl Unit {
@@ -249,13 +250,20 @@ impl Unit {
         // 8-bit ASIDs and VMIDs fit every SMMU (16-bit ones are optional, IDR0.ASID16/VMID16).
         let asids = IdPool::new(256);
         let vmids = IdPool::new(256);
-        let s1_cd_max = cfg
+        // SubstreamIDs: linear CD tables up to 1024 CDs; wider ones need IDR0.CD2L (2-level
+        // tables with 64-CD leaves, as Linux chooses past 1024 CDs), or are capped.
+        let ssid_bits = cfg
             .ssid_bits
             .unwrap_or(ids.idr1.ssid_bits())
             .min(ids.idr1.ssid_bits())
-            .min(MAX_LINEAR_CD_BITS);
+            .min(MAX_CD_BITS);
+        let cd_layout = if ssid_bits > MAX_LINEAR_CD_BITS && ids.idr0.cd2l() {
+            CdLayout { bits: ssid_bits, two_level: true }
+        } else {
+            CdLayout::linear(ssid_bits.min(MAX_LINEAR_CD_BITS))
+        };
         let mut unit = Self {
-            s1_cd_max,
+            cd_layout,
             regs,
             base,
             ids,
@@ -444,8 +452,11 @@ impl Unit {
         let old = slot.entry.read();
         let old_cfg = if old[0] & 1 == 0 { None } else { Some((old[0] >> 1) & 7) };
         let cd_table = slot.cd_table();
-        let cd_len = ENTRY_BYTES << self.s1_cd_max;
-        let cd_entry = cd_table.and_then(|(v, _)| CdTable::entry_at(v, cd_len, 0));
+        let layout = self.cd_layout;
+        let cd_entry = match cd_table {
+            Some((v, _)) => layout.entry(platform, v, 0, true)?.map(|(e, _)| e),
+            None => None,
+        };
         let old_cd = cd_entry.map(|e| e.read());
 
         // The new CD, in the StreamID's CD table (allocated on first use, kept afterwards).
@@ -459,22 +470,18 @@ impl Unit {
                 match (cd_table, cd_entry) {
                     (Some((_, phys)), Some(entry)) => (phys, Some(cd), Some(entry)),
                     _ => {
-                        let t = CdTable::new(platform, self.s1_cd_max)?;
-                        let phys = t.pages.phys();
-                        let entry = CdTable::entry_at(t.pages.virt(), t.pages.len(), 0)
+                        let (virt, phys) = layout.alloc(platform)?;
+                        slot.set_cd_table(virt, phys);
+                        let (entry, _) = layout
+                            .entry(platform, virt, 0, true)?
                             .ok_or(Error::NotFound { what: "SMMU CD 0" })?;
-                        slot.set_cd_table(t.pages.virt(), phys);
-                        // INVARIANT: the CD table belongs to the StreamID from here (recorded in
-                        // the STE's shadow slot); `DmaPages` has no `Drop`, so it is never freed
-                        // while the unit exists.
-                        let _ = t;
                         (phys, Some(cd), Some(entry))
                     }
                 }
             }
             None => (PhysAddr(0), None, None),
         };
-        let new = encode_ste(config, cd_phys, self.s1_cd_max, self.oas)?;
+        let new = encode_ste(config, cd_phys, self.cd_layout, self.oas)?;
         let cd_changes = new_cd.is_some() && new_cd != old_cd;
         if new == old && !cd_changes {
             return Ok(());
@@ -534,7 +541,12 @@ impl Unit {
     /// SubstreamIDs each StreamID's CD table serves: `2^bits` (0: only the CD of requests
     /// without a SubstreamID).
     pub const fn substream_bits(&self) -> u8 {
-        self.s1_cd_max
+        self.cd_layout.bits
+    }
+
+    /// How CD tables are laid out (linear, or 2-level where IDR0.CD2L and wide SubstreamIDs).
+    pub const fn cd_layout(&self) -> CdLayout {
+        self.cd_layout
     }
 
     /// Sets (`Some`) or clears (`None`) the CD of SubstreamID `ssid` (1 ..
@@ -551,7 +563,7 @@ impl Unit {
         ssid: u32,
         s1: Option<Stage1>,
     ) -> Result<()> {
-        if ssid == 0 || u64::from(ssid) >> self.s1_cd_max != 0 {
+        if ssid == 0 || u64::from(ssid) >> self.cd_layout.bits != 0 {
             return Err(Error::InvalidField {
                 what: "SubstreamID outside the CD table (0 is the STE's own CD)",
                 value: u64::from(ssid),
@@ -571,14 +583,18 @@ impl Unit {
             return Err(not_s1);
         }
         let (virt, _) = slot.cd_table().ok_or(not_s1)?;
-        let entry = CdTable::entry_at(virt, ENTRY_BYTES << self.s1_cd_max, ssid)
-            .ok_or(Error::NotFound { what: "SMMU CD of the SubstreamID" })?;
+        let (entry, new_leaf) = match self.cd_layout.entry(platform, virt, ssid, s1.is_some())? {
+            Some(found) => found,
+            // Clearing a CD whose 2-level leaf was never allocated: nothing to do.
+            None if s1.is_none() => return Ok(()),
+            None => return Err(Error::NotFound { what: "SMMU CD of the SubstreamID" }),
+        };
         let old = entry.read();
         let new = match &s1 {
             Some(s) => encode_cd(s, self.oas)?,
             None => [0; 8],
         };
-        if old == new {
+        if old == new && !new_leaf {
             return Ok(());
         }
         const CD_V: u64 = 1 << 31;
@@ -599,7 +615,8 @@ impl Unit {
         }
         platform.sync_for_device(entry.virt(), ENTRY_BYTES);
         let mut batch: Vec<Command, 2> = Vec::new();
-        let _ = batch.push(Command::cfgi_cd(sid, ssid, true)?);
+        // Not leaf-only when a new leaf table was linked: the L1 descriptor changed too.
+        let _ = batch.push(Command::cfgi_cd(sid, ssid, !new_leaf)?);
         if old_valid {
             // CAST: the old CD's ASID (63:48) and the STE's S2VMID (15:0).
             let _ =
