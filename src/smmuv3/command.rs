@@ -196,6 +196,12 @@ impl Command {
         Self([opcode::TLBI_NH_ALL as u64, 0])
     }
 
+    /// TLBI_NH_ALL for `vmid`: every stage-1 entry tagged with the VMID, which includes the
+    /// combined stage-1+2 entries of nested configurations (a stage-2 change owes it).
+    pub const fn tlbi_nh_all_vmid(vmid: u16) -> Self {
+        Self([opcode::TLBI_NH_ALL as u64 | ((vmid as u64) << 32), 0])
+    }
+
     /// TLBI_NH_ASID: every stage-1 entry of `asid` (under `vmid`, 0 for stage 1 alone).
     pub const fn tlbi_nh_asid(asid: u16, vmid: u16) -> Self {
         Self([opcode::TLBI_NH_ASID as u64 | ((vmid as u64) << 32) | ((asid as u64) << 48), 0])
@@ -354,6 +360,7 @@ mod tests {
         let c = Command::tlbi_s2_ipa(7, 0xfff0_0000_2000_0fff, false);
         assert_eq!(c.0, [0x0000_0007_0000_002a, 0x0000_0000_2000_0000]);
         assert_eq!(Command::tlbi_s12_vmall(0x8001).0, [0x0000_8001_0000_0028, 0]);
+        assert_eq!(Command::tlbi_nh_all_vmid(0x8001).0, [0x0000_8001_0000_0010, 0]);
     }
 
     #[test]

@@ -341,4 +341,21 @@ mod tests {
         let e = Event::decode(record(0x03, 0x10, None, 0, 0, 0x4000_1047));
         assert_eq!((e.kind, e.address2), (EventKind::SteFetch, 0x4000_1040));
     }
+
+    proptest::proptest! {
+        /// Any record decodes (hardware and a hostile queue can hold anything) to its type,
+        /// StreamID and SubstreamID as laid out in word 0, and to no address where the type
+        /// carries none.
+        #[test]
+        fn any_record_decodes(w in proptest::array::uniform4(proptest::prelude::any::<u64>())) {
+            let e = Event::decode(w);
+            proptest::prop_assert_eq!(u64::from(e.code), w[0] & 0xff);
+            proptest::prop_assert_eq!(u64::from(e.stream.0), w[0] >> 32);
+            proptest::prop_assert_eq!(e.substream.is_some(), w[0] & (1 << 11) != 0);
+            if !e.kind.has_input_address() {
+                proptest::prop_assert_eq!(e.address, 0);
+            }
+            proptest::prop_assert!(e.address2 >> 52 == 0);
+        }
+    }
 }

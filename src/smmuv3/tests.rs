@@ -520,7 +520,9 @@ fn range_tlbis_cover_each_range_with_few_commands() {
     let n = f.commands.borrow().len();
     unit.flush(&f, t.unmap(&f, Iova(0x20_1000), 0x1000).unwrap(), scope).unwrap();
     let cmds = f.commands.borrow()[n..].to_vec();
-    assert_eq!(cmds.len(), 2, "{cmds:x?}");
+    assert_eq!(cmds.len(), 3, "{cmds:x?}");
+    // Then TLBI_NH_ALL of the VMID (nested entries), then CMD_SYNC.
+    assert_eq!(cmds[1].0, [u64::from(opcode::TLBI_NH_ALL) | (u64::from(vmid) << 32), 0]);
     // 512 pages = (0 + 1) * 2^9: NUM 0, SCALE 9, TG 4 KiB, Leaf clear, VMID.
     assert_eq!(cmds[0].opcode(), opcode::TLBI_S2_IPA);
     assert_eq!((cmds[0].0[0] >> 12) & 0x1f, 0);
@@ -531,7 +533,7 @@ fn range_tlbis_cover_each_range_with_few_commands() {
     let n = f.commands.borrow().len();
     unit.flush(&f, t.unmap(&f, Iova(0x20_3000), 0x7000).unwrap(), scope).unwrap();
     let cmds = f.commands.borrow()[n..].to_vec();
-    assert_eq!(cmds.len(), 2);
+    assert_eq!(cmds.len(), 3);
     assert_eq!(((cmds[0].0[0] >> 12) & 0x1f, (cmds[0].0[0] >> 20) & 0x1f), (6, 0));
     assert_eq!(cmds[0].0[1] & !0xfff, 0x20_3000);
     assert_eq!(cmds[0].0[1] & 1, 1, "leaf only");
@@ -545,7 +547,7 @@ fn range_tlbis_cover_each_range_with_few_commands() {
     let n = f.commands.borrow().len();
     unit.flush(&f, t.unmap(&f, Iova(0x40_0000), 0x28000).unwrap(), scope).unwrap();
     let cmds = f.commands.borrow()[n..].to_vec();
-    assert_eq!(cmds.len(), 2);
+    assert_eq!(cmds.len(), 3);
     assert_eq!(((cmds[0].0[0] >> 12) & 0x1f, (cmds[0].0[0] >> 20) & 0x1f), (4, 3));
     assert_eq!(cmds[0].0[1], 0x40_0000 | (1 << 10), "not leaf-only: the emptied table went");
     unit.flush(&f, t.destroy(&f), scope).unwrap();

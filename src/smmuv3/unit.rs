@@ -141,7 +141,8 @@ pub enum TlbScope {
         /// The VMID of the nested configuration, 0 for stage 1 alone.
         vmid: u16,
     },
-    /// Stage-2 entries of a VMID (TLBI_S2_IPA / TLBI_S12_VMALL).
+    /// Stage-2 entries of a VMID (TLBI_S2_IPA then TLBI_NH_ALL of the VMID, for nested
+    /// configurations; or TLBI_S12_VMALL).
     Stage2 {
         /// The VMID.
         vmid: u16,
@@ -746,6 +747,11 @@ impl Unit {
                     at += 4096;
                 }
             }
+        }
+        if let (false, TlbScope::Stage2 { vmid }) = (whole, scope) {
+            // TLBI_S2_IPA leaves combined stage-1+2 entries of nested configurations using the
+            // VMID (§4.4.3); Linux follows a nesting parent's stage-2 change with TLBI_NH_ALL.
+            whole = batch.push(Command::tlbi_nh_all_vmid(vmid)).is_err();
         }
         if whole {
             batch.clear();
