@@ -285,19 +285,19 @@ fn a_valid_to_valid_change_passes_through_abort() {
     assert_eq!(snaps[1].1[0], 1, "abort (V = 1, Config = 0) first");
     assert_eq!(snaps[2].1[0] & 0xf, 0xd, "then S2_TRANS");
     assert_eq!(snaps[2].1[3], 0x2000);
-    // Then the old ASID's TLB entries go, behind the final CFGI, with one CMD_SYNC.
+    // The old ASID's TLB entries go while the STE aborts; then the new STE is invalidated.
     let ops = f.ops();
     assert_eq!(
         &ops[n..],
         [
             opcode::CFGI_STE,
+            opcode::TLBI_NH_ASID,
             opcode::CMD_SYNC,
             opcode::CFGI_STE,
-            opcode::TLBI_NH_ASID,
             opcode::CMD_SYNC
         ]
     );
-    assert_eq!(f.commands.borrow()[n + 3].0[0] >> 48, u64::from(asid));
+    assert_eq!(f.commands.borrow()[n + 1].0[0] >> 48, u64::from(asid));
     // A VMID change alters one word: changed in place, no abort step.
     let vmid2 = unit.allocate_vmid().unwrap();
     let n = f.commands.borrow().len();

@@ -424,7 +424,8 @@ impl Unit {
 
     /// Points StreamID `sid` at `config` (see the module documentation for the order), and
     /// returns once the SMMU confirmed with a CMD_SYNC. ASIDs and VMIDs must come from this
-    /// unit's allocators; only SubstreamID 0 (no PASID) is configured: one CD per StreamID.
+    /// unit's allocators. A stage-1 configuration is CD 0 of the StreamID's CD table (requests
+    /// without a PASID); other SubstreamIDs are set with [`set_substream`](Self::set_substream).
     pub fn set_stream<P: Platform + ?Sized>(
         &mut self,
         platform: &P,
@@ -509,10 +510,17 @@ impl Unit {
             let _ = owed.push(Command::tlbi_s12_vmall((old[2] & 0xffff) as u16));
         }
         if live && (differing > 1 || cd_changes) {
-            // Break: abort in between, so no transaction sees a mix of old and new words.
+            // Break: abort in between, so no transaction sees a mix of old and new words; the
+            // old tags' TLB entries go in that window too, so a reused ASID or VMID never meets
+            // them under the new entry.
             slot.entry.write_word(0, 1 | (ste_config::ABORT << 1));
             platform.sync_for_device(slot.entry.virt(), ENTRY_BYTES);
-            self.cmdq.submit(platform, &[Command::cfgi_ste(sid, false)])?;
+            let mut batch: Vec<Command, 5> = Vec::new();
+            let _ = batch.push(Command::cfgi_ste(sid, false));
+            for c in core::mem::take(&mut owed) {
+                let _ = batch.push(c);
+            }
+            self.cmdq.submit(platform, &batch)?;
         }
         if let (Some(cd), Some(entry)) = (new_cd, cd_entry) {
             entry.write(&cd);
