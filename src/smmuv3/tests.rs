@@ -592,3 +592,9 @@ fn wide_substreams_use_two_level_cd_tables() {
     assert_eq!(f.commands.borrow().len(), n);
     assert!(unit.set_substream(&f, sid, 0x1000, Some(s1)).is_err(), "beyond 2^12");
 }
+
+#[test]
+fn a_unit_is_small_enough_to_move_on_a_stack() {
+    // Tables and queues live in platform pages; the unit holds handles and two ID pools.
+    assert!(size_of::<Unit>() <= 512, "{} bytes", size_of::<Unit>());
+}
