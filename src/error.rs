@@ -480,6 +480,16 @@ pub enum Error {
         /// The first two quadwords as the hardware wrote them.
         words: [u64; 2],
     },
+    /// The SMMUv3 rejected a command (CMDQ_CONS.ERR with GERROR.CMDQ_ERR, SMMUv3 §7.1); it was
+    /// replaced with a CMD_SYNC and the queue resumed.
+    SmmuCommand {
+        /// Opcode of the rejected command.
+        opcode: u8,
+        /// CMDQ_CONS.ERR: 1 illegal, 2 abort on the queue read, 3 ATC invalidation sync.
+        error: u8,
+        /// Queue slot of the command.
+        slot: u32,
+    },
 }
 
 impl fmt::Display for Error {
@@ -657,6 +667,11 @@ impl fmt::Display for Error {
             Error::InvalidPageRequest { words } => {
                 write!(f, "invalid page request descriptor {:#018x} {:#018x}", words[0], words[1])
             }
+            Error::SmmuCommand { opcode, error, slot } => write!(
+                f,
+                "SMMUv3 rejected command opcode {opcode:#04x} at queue slot {slot} with \
+                 CMDQ_CONS.ERR {error}; replaced with CMD_SYNC"
+            ),
         }
     }
 }

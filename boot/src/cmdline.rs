@@ -18,6 +18,8 @@ pub enum SelfTest {
     Pcie,
     /// `discover`, then DMA through VT-d translation (x86 with `intel-iommu`).
     Vtd,
+    /// `discover`, then DMA through the SMMUv3 (Arm virt with `iommu=smmuv3`).
+    Smmu,
     /// A check that fails on purpose (tests the harness).
     Fail,
     /// A panic (tests the harness).
@@ -31,7 +33,7 @@ pub enum SelfTest {
 }
 
 impl SelfTest {
-    pub const KNOWN: &'static str = "discover, pcie, vtd, fail, panic, exception, hang";
+    pub const KNOWN: &'static str = "discover, pcie, vtd, smmu, fail, panic, exception, hang";
 
     /// The self-test named by the last `test=` word, `discover` when there is none.
     pub fn from_cmdline(cmdline: &'static str) -> Self {
@@ -45,6 +47,7 @@ impl SelfTest {
                     "discover" => SelfTest::Discover,
                     "pcie" => SelfTest::Pcie,
                     "vtd" => SelfTest::Vtd,
+                    "smmu" => SelfTest::Smmu,
                     "fail" => SelfTest::Fail,
                     "panic" => SelfTest::Panic,
                     "exception" => SelfTest::Exception,
@@ -63,6 +66,7 @@ impl SelfTest {
             SelfTest::Discover => "discover",
             SelfTest::Pcie => "pcie",
             SelfTest::Vtd => "vtd",
+            SelfTest::Smmu => "smmu",
             SelfTest::Fail => "fail",
             SelfTest::Panic => "panic",
             SelfTest::Exception => "exception",

@@ -22,6 +22,8 @@ mod host_check;
 mod logger;
 mod pcie;
 mod platform;
+#[cfg(target_arch = "aarch64")]
+mod smmu_test;
 mod tree;
 #[cfg(target_arch = "x86_64")]
 mod vtd_test;
@@ -64,6 +66,7 @@ pub fn firmware_main(mut info: BootInfo) -> ! {
         SelfTest::Discover => discover::run(&info, machine, &mut checks, discover::Extra::None),
         SelfTest::Pcie => discover::run(&info, machine, &mut checks, discover::Extra::Pcie),
         SelfTest::Vtd => discover::run(&info, machine, &mut checks, discover::Extra::Vtd),
+        SelfTest::Smmu => discover::run(&info, machine, &mut checks, discover::Extra::Smmu),
         SelfTest::Fail => {
             checks.check("deliberate failure (test=fail): this check is false on purpose", false);
         }

@@ -150,6 +150,10 @@ pub(crate) const SHAPES: &[Shape] = &[
         description: "arm virt + SMMUv3 (nested-capable), entered at EL1; ECAM and SMMU from the DT" },
     Shape { name: "virt-smmuv3-el2", arch: Arch::Aarch64, machine: "virt,iommu=smmuv3,virtualization=on", args: &[],
         description: "arm virt + SMMUv3, entered at EL2 (virtualization=on)" },
+    Shape { name: "virt-smmuv3-dma", arch: Arch::Aarch64, machine: "virt,iommu=smmuv3", args: &[&["-device", EDU]],
+        description: "arm virt + SMMUv3 at EL1 (GICv2, virt's default) + edu on the root bus as DMA master (StreamID 8)" },
+    Shape { name: "virt-smmuv3-el2-dma", arch: Arch::Aarch64, machine: "virt,iommu=smmuv3,virtualization=on,gic-version=3", args: &[&["-device", EDU]],
+        description: "arm virt + SMMUv3 at EL2 with a GICv3 + edu on the root bus as DMA master (StreamID 8)" },
     Shape { name: "virt-rich", arch: Arch::Aarch64, machine: "virt,iommu=smmuv3,virtualization=on", args: &[RICH_TOPOLOGY],
         description: "EL2 + SMMUv3 + the same topology as q35-rich (BARs unassigned: no firmware runs)" },
 ];

@@ -1,7 +1,24 @@
 //! Arm SMMUv3 (Arm IHI 0070, SMMU architecture version 3).
 //!
 //! [`regs`] decodes and validates the ID registers before anything is sized from them.
+//! [`unit`](mod@unit) brings one SMMU up and configures StreamIDs ([`ste`]: stream table
+//! entries, context descriptors, the linear or 2-level stream table), issues [`command`]s
+//! through the command queue and decodes [`event`]s from the event queue ([`queue`]).
+//! [`discovery`] describes an SMMU and its RID-to-StreamID mapping from a device tree or IORT.
 
+pub mod command;
+pub mod discovery;
+pub mod event;
+pub mod queue;
 pub mod regs;
+pub mod ste;
+#[cfg(test)]
+mod tests;
+pub mod unit;
 
+pub use command::Command;
+pub use discovery::{SmmuDescription, StreamIdMap};
+pub use event::{Event, EventKind};
 pub use regs::{IdRegisters, Idr0, Idr1, Idr3, Idr5};
+pub use ste::{Stage1, Stage2, StreamConfig, StreamTableFormat};
+pub use unit::{TlbScope, Unit, UnitConfig};

@@ -39,6 +39,81 @@ pub mod offset {
     pub const FRAME_SIZE: usize = 0x20000;
 }
 
+/// SMMU_CR0 / CR0ACK bits (§6.3.9).
+#[allow(missing_docs, reason = "bit names from the specification")]
+pub mod cr0 {
+    pub const SMMUEN: u32 = 1 << 0;
+    pub const PRIQEN: u32 = 1 << 1;
+    pub const EVENTQEN: u32 = 1 << 2;
+    pub const CMDQEN: u32 = 1 << 3;
+    pub const ATSCHK: u32 = 1 << 4;
+}
+
+/// SMMU_CR1 fields (§6.3.10): cacheability and shareability of table walks and queue accesses.
+#[allow(missing_docs, reason = "field names from the specification")]
+pub mod cr1 {
+    pub const QUEUE_IC_SHIFT: u32 = 0;
+    pub const QUEUE_OC_SHIFT: u32 = 2;
+    pub const QUEUE_SH_SHIFT: u32 = 4;
+    pub const TABLE_IC_SHIFT: u32 = 6;
+    pub const TABLE_OC_SHIFT: u32 = 8;
+    pub const TABLE_SH_SHIFT: u32 = 10;
+    /// Write-back cacheable (IC/OC = 0b01).
+    pub const CACHE_WB: u32 = 1;
+    /// Inner shareable (SH = 0b11).
+    pub const SH_ISH: u32 = 3;
+}
+
+/// SMMU_CR2 bits (§6.3.11).
+#[allow(missing_docs, reason = "bit names from the specification")]
+pub mod cr2 {
+    pub const E2H: u32 = 1 << 0;
+    /// Record C_BAD_STREAMID events for StreamIDs beyond the table.
+    pub const RECINVSID: u32 = 1 << 1;
+    /// Private TLB maintenance: ignore broadcast TLB invalidations.
+    pub const PTM: u32 = 1 << 2;
+}
+
+/// SMMU_GERROR / GERRORN bits (§6.3.17): an error is active while the two registers differ.
+#[allow(missing_docs, reason = "bit names from the specification")]
+pub mod gerror {
+    pub const CMDQ_ERR: u32 = 1 << 0;
+    pub const EVENTQ_ABT_ERR: u32 = 1 << 2;
+    pub const PRIQ_ABT_ERR: u32 = 1 << 3;
+    pub const MSI_CMDQ_ABT_ERR: u32 = 1 << 4;
+    pub const MSI_EVENTQ_ABT_ERR: u32 = 1 << 5;
+    pub const MSI_PRIQ_ABT_ERR: u32 = 1 << 6;
+    pub const MSI_GERROR_ABT_ERR: u32 = 1 << 7;
+    pub const SFM_ERR: u32 = 1 << 8;
+    /// Every defined bit.
+    pub const ALL: u32 = 0x1fd;
+}
+
+/// SMMU_IRQ_CTRL / IRQ_CTRLACK bits (§6.3.14).
+#[allow(missing_docs, reason = "bit names from the specification")]
+pub mod irq_ctrl {
+    pub const GERROR_IRQEN: u32 = 1 << 0;
+    pub const PRIQ_IRQEN: u32 = 1 << 1;
+    pub const EVENTQ_IRQEN: u32 = 1 << 2;
+}
+
+/// SMMU_GBPA bits (§6.3.13).
+#[allow(missing_docs, reason = "bit names from the specification")]
+pub mod gbpa {
+    pub const ABORT: u32 = 1 << 20;
+    pub const UPDATE: u32 = 1 << 31;
+}
+
+/// SMMU_STRTAB_BASE_CFG fields (§6.3.25).
+#[allow(missing_docs, reason = "field names from the specification")]
+pub mod strtab_cfg {
+    pub const LOG2SIZE_SHIFT: u32 = 0;
+    pub const SPLIT_SHIFT: u32 = 6;
+    pub const FMT_SHIFT: u32 = 16;
+    pub const FMT_LINEAR: u32 = 0;
+    pub const FMT_2LEVEL: u32 = 1;
+}
+
 const fn bit(v: u32, n: u32) -> bool {
     (v >> n) & 1 != 0
 }
@@ -376,13 +451,22 @@ mod tests {
     #[test]
     fn decodes_qemu_idrs() {
         let r = qemu();
-        assert!(r.idr0.s1p() && r.idr0.s2p() && r.idr0.cohacc() && r.idr0.asid16() && r.idr0.vmid16());
+        assert!(
+            r.idr0.s1p() && r.idr0.s2p() && r.idr0.cohacc() && r.idr0.asid16() && r.idr0.vmid16()
+        );
         assert_eq!(r.idr0.ttf(), 0b10);
         assert_eq!(r.idr0.ttendian(), 0b10);
         assert_eq!(r.idr0.stall_model(), 1);
         assert!(r.idr0.term_model());
         assert_eq!(r.idr0.stream_table_levels(), Ok(StreamTableLevels::TwoLevel));
-        assert!(!r.idr0.ats() && !r.idr0.pri() && !r.idr0.msi() && !r.idr0.sev() && !r.idr0.cd2l() && !r.idr0.btm());
+        assert!(
+            !r.idr0.ats()
+                && !r.idr0.pri()
+                && !r.idr0.msi()
+                && !r.idr0.sev()
+                && !r.idr0.cd2l()
+                && !r.idr0.btm()
+        );
         assert_eq!((r.idr1.sid_bits(), r.idr1.ssid_bits()), (16, 0));
         assert_eq!((r.idr1.cmdq_log2(), r.idr1.eventq_log2(), r.idr1.priq_log2()), (19, 19, 0));
         assert!(r.idr3.had() && r.idr3.xnx() && r.idr3.ril());

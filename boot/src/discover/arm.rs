@@ -189,10 +189,17 @@ pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks, extra: super:
         // No firmware ran: enumeration numbers every bus and places every BAR itself.
         let host_check = crate::cmdline::host_check_offered(info.cmdline);
         let pcie = crate::pcie::enumerate(&ecam, &[root], &platform, host_check, checks);
-        if let (super::Extra::Pcie, Some(e)) = (extra, pcie) {
-            crate::pcie::edus_answer(&ecam, e, &platform, checks);
-            crate::pcie::sriov_round_trip(&ecam, e, &platform, host_check, checks);
-            crate::pcie::attach_guard(e, checks);
+        match (extra, pcie) {
+            (super::Extra::Pcie, Some(e)) => {
+                crate::pcie::edus_answer(&ecam, e, &platform, checks);
+                crate::pcie::sriov_round_trip(&ecam, e, &platform, host_check, checks);
+                crate::pcie::attach_guard(e, checks);
+            }
+            (super::Extra::Smmu, Some(e)) => crate::smmu_test::run(&ecam, e, &dt, &platform, checks),
+            (super::Extra::Smmu, None) => {
+                checks.check("the smmu self-test needs an enumeration", false);
+            }
+            _ => {}
         }
     }
     checks.check("the device tree describes a PCIe ECAM host bridge", hosts > 0);

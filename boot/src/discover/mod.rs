@@ -24,6 +24,8 @@ pub enum Extra {
     Pcie,
     /// DMA through VT-d translation.
     Vtd,
+    /// DMA through the SMMUv3.
+    Smmu,
 }
 
 /// Where the image itself lies, from the linker script.

@@ -948,7 +948,7 @@ impl fmt::Debug for IdMapping<'_> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::super::testutil::{boundary_mutations, edits, fix_checksum, mutate, sdt};
@@ -1035,7 +1035,7 @@ pub(super) mod tests {
     /// What QEMU 10.0 builds for `-M virt,iommu=smmuv3` (hw/arm/virt-acpi-build.c, build_iort):
     /// an ITS group at 48, the SMMUv3 at 72 (its own IDs go to the ITS), and the root complex of
     /// segment 0 at 160 sending RIDs 0..=0xffff to the SMMUv3 as StreamIDs 0..=0xffff.
-    pub(in super::super) fn qemu_virt_iort() -> Vec<u8> {
+    pub(crate) fn qemu_virt_iort() -> Vec<u8> {
         iort(
             3,
             &[

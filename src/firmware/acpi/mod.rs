@@ -17,7 +17,7 @@
 mod bytes;
 mod dmar;
 mod hpet;
-mod iort;
+pub(crate) mod iort;
 mod mcfg;
 mod rsdp;
 mod rsdt;

@@ -40,6 +40,7 @@
 //! hardware is kept in the table: the next successful call's pending value includes it, or the
 //! caller takes it at once with [`IoPageTable::take_deferred`].
 
+pub mod arm;
 pub mod vtd;
 
 #[cfg(test)]
@@ -53,6 +54,7 @@ use crate::error::{Error, Result};
 use crate::hal::{DmaPages, PAGE_SIZE, Platform};
 use crate::iommu::invalidation::{MAX_FREED, PendingInvalidation};
 
+pub use arm::{Arm64Stage1, Arm64Stage2};
 pub use vtd::{VtdSecondStage, X86FirstStage};
 
 /// Entries in one table page.
@@ -201,6 +203,12 @@ pub trait PageTableFormat {
     /// it from SMMU_IDR3.BBML: without it a block-to-table change needs break-before-make, and
     /// such a partial unmap is refused.
     const SPLIT_IN_PLACE: bool = true;
+
+    /// Whether this format value allows the in-place split; [`Self::SPLIT_IN_PLACE`] unless the
+    /// answer depends on the hardware (the Arm formats carry SMMU_IDR3.BBML).
+    fn split_in_place(&self) -> bool {
+        Self::SPLIT_IN_PLACE
+    }
 
     /// Checks that `perms` can be expressed (x86 has no write-only page; execute may need a
     /// capability). Called once per map before anything changes.
@@ -743,7 +751,7 @@ impl<F: PageTableFormat> IoPageTable<F> {
                         len -= chunk;
                         continue;
                     }
-                    if !F::SPLIT_IN_PLACE {
+                    if !self.format.split_in_place() {
                         break 'walk Err(Error::InvalidField {
                             what: "partial unmap of a large page (needs break-before-make)",
                             value: iova,

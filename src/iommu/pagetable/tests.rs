@@ -121,6 +121,10 @@ macro_rules! for_all_configs {
         $body(VtdSecondStage::new(), 5);
         $body(X86FirstStage::new(), 4);
         $body(X86FirstStage::new(), 5);
+        $body(Arm64Stage1::new(2), 3);
+        $body(Arm64Stage1::new(2), 4);
+        $body(Arm64Stage2::new(2), 3);
+        $body(Arm64Stage2::new(2), 4);
     };
 }
 
@@ -1007,4 +1011,27 @@ mod model {
             run(X86FirstStage::new(), levels, &ops)?;
         }
     }
+}
+
+#[test]
+fn arm_split_needs_bbml_2() {
+    // SMMU_IDR3.BBML < 2: replacing a block by a table needs break-before-make, so a partial
+    // unmap of a block is refused and changes nothing.
+    let p = HostPlatform::default();
+    let mut t = table(&p, Arm64Stage1::new(1), 4);
+    flush(&p, t.map(&p, Iova(M2), PhysAddr(4 * M2), M2, Perms::RW).unwrap());
+    let err = t.unmap(&p, Iova(M2 + K4), K4).unwrap_err();
+    assert!(matches!(err, Error::InvalidField { value, .. } if value == M2 + K4), "{err:?}");
+    assert_eq!(t.translate(Iova(M2 + K4)), Some((PhysAddr(4 * M2 + K4), Perms::RW, M2)));
+    flush(&p, t.take_deferred());
+    // The whole block can still go.
+    flush(&p, t.unmap(&p, Iova(M2), M2).unwrap());
+    assert_eq!(t.translate(Iova(M2)), None);
+    teardown(&p, t);
+    // With BBML 2 the same unmap splits.
+    let mut t = table(&p, Arm64Stage2::new(2), 4);
+    flush(&p, t.map(&p, Iova(M2), PhysAddr(4 * M2), M2, Perms::RW).unwrap());
+    flush(&p, t.unmap(&p, Iova(M2 + K4), K4).unwrap());
+    assert_eq!(t.translate(Iova(M2 + 2 * K4)), Some((PhysAddr(4 * M2 + 2 * K4), Perms::RW, K4)));
+    teardown(&p, t);
 }
