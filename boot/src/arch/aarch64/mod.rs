@@ -2,13 +2,16 @@
 //!
 //! The MMU stays off, so every data access is Device-nGnRnE: the target's `+strict-align`
 //! keeps the compiler from emitting unaligned accesses, and nothing here uses exclusives
-//! (the logger's lock is a load/store flag; the image runs on one CPU with interrupts masked).
+//! (the logger's lock is a load/store flag; the image runs on one CPU, and IRQs, once the SMMU
+//! self-test unmasks them through [`gic`], run a handler that only counts).
 
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use crate::boot_info::{BootInfo, FirmwareTables};
 use crate::ExitCode;
+
+pub mod gic;
 
 global_asm!(include_str!("boot.s"));
 
