@@ -11,6 +11,8 @@ pub mod discovery;
 pub mod event;
 pub mod queue;
 pub mod regs;
+#[cfg(test)]
+mod sim_tests;
 pub mod ste;
 #[cfg(test)]
 mod tests;
