@@ -401,7 +401,7 @@ fn a_cmd_sync_that_never_completes_times_out_and_leaks_the_tables_it_owed() {
     let e = unit.flush(&p, pending, TlbScope::Stage1 { asid, vmid: 0 }).unwrap_err();
     let Error::Timeout { what, waited_us } = e else { panic!("{e:?}") };
     assert_eq!(what, "SMMU CMD_SYNC completion (CMDQ_CONS)");
-    assert!(waited_us >= 2000 && waited_us <= 2100, "{waited_us} us for a 2 ms bound");
+    assert!((2000..=2100).contains(&waited_us), "{waited_us} us for a 2 ms bound");
     assert!(model.is_sync_stalled());
     let allocated = p.memory().allocations();
     for page in &freed {
