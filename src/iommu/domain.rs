@@ -69,6 +69,14 @@ impl StageFormat for crate::iommu::pagetable::X86FirstStage {
     const STAGE: Stage = Stage::First;
 }
 
+impl StageFormat for crate::iommu::pagetable::Arm64Stage1 {
+    const STAGE: Stage = Stage::First;
+}
+
+impl StageFormat for crate::iommu::pagetable::Arm64Stage2 {
+    const STAGE: Stage = Stage::Second;
+}
+
 /// Where a request comes from: a function, and the PASID (SMMUv3: substream ID) it carries.
 /// `pasid: None` is requests without a PASID (VT-d scalable mode: RID_PASID; SMMUv3: SSID 0
 /// or no substream).
