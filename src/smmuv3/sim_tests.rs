@@ -506,3 +506,74 @@ fn dma_through_the_driver_reaches_memory_and_read_only_pages_refuse_writes() {
     assert_eq!((events[0].kind, events[0].address), (EventKind::Permission, IOVA + 0x1008));
     assert!(model.errors().is_empty(), "{:?}", model.errors());
 }
+
+#[test]
+fn nested_unmaps_at_either_stage_are_flushed_from_the_combined_entries() {
+    let (p, model, mut unit) = setup(Config::qemu_virt(), UnitConfig::default());
+    let asid = unit.allocate_asid().unwrap();
+    let vmid = unit.allocate_vmid().unwrap();
+    const IPA: u64 = 0x1_0000_0000;
+    let bbml = unit.ids().idr3.bbml();
+    let mut t1 = IoPageTable::new(&p, Arm64Stage1::new(bbml), 4, PageSizes::ALL).unwrap();
+    t1.set_domain(u32::from(asid));
+    let pending = t1.map(&p, Iova(IOVA), PhysAddr(IPA), 0x2000, Perms::RW).unwrap();
+    unit.flush(&p, pending, TlbScope::Stage1 { asid, vmid }).unwrap();
+    let mut t2 = s2_table(&p, &mut unit, vmid);
+    for (ipa, pa, len) in [(0, 0, 1 << 32), (IPA, TARGET_B, 0x2000)] {
+        let pending = t2.map(&p, Iova(ipa), PhysAddr(pa), len, Perms::RW).unwrap();
+        unit.flush(&p, pending, TlbScope::Stage2 { vmid }).unwrap();
+    }
+    unit.set_stream(&p, StreamId(SID), StreamConfig::Nested(s1(&t1, asid), s2(&t2, vmid))).unwrap();
+    assert_eq!(reach(&model, SID, None, IOVA), Ok(TARGET_B));
+    assert_eq!(reach(&model, SID, None, IOVA + 0x1000), Ok(TARGET_B + 0x1000));
+
+    // Stage 2 takes the IPA of the first page away: TLBI_S2_IPA alone would leave the combined
+    // stage 1+2 entry (§4.4.3), so the flush must also drop the VMID's stage-1 entries.
+    let pending = t2.unmap(&p, Iova(IPA), 0x1000).unwrap();
+    assert!(model.translate(SID, None, IOVA, Access::READ).unwrap().cached, "stale until flushed");
+    unit.flush(&p, pending, TlbScope::Stage2 { vmid }).unwrap();
+    let Err(Termination::Fault(f)) = reach(&model, SID, None, IOVA) else { panic!("still mapped") };
+    assert_eq!((f.code, f.stage2, f.ipa_or_fetch), (ev::F_TRANSLATION, true, IPA));
+    let events = drain(&p, &mut unit);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].stage2 && events[0].kind == EventKind::Translation);
+    assert_eq!((events[0].address, events[0].address2), (IOVA, IPA));
+
+    // Stage 1 unmaps the second page: the TLBI must carry the STE's VMID, or it misses the
+    // nested entry (tagged with ASID and VMID).
+    assert_eq!(reach(&model, SID, None, IOVA + 0x1000), Ok(TARGET_B + 0x1000));
+    let pending = t1.unmap(&p, Iova(IOVA + 0x1000), 0x1000).unwrap();
+    unit.flush(&p, pending, TlbScope::Stage1 { asid, vmid }).unwrap();
+    let Err(Termination::Fault(f)) = reach(&model, SID, None, IOVA + 0x1000) else {
+        panic!("stage-1 unmap not flushed from the nested entry");
+    };
+    assert_eq!((f.code, f.stage2), (ev::F_TRANSLATION, false));
+    assert!(model.errors().is_empty(), "{:?}", model.errors());
+}
+
+#[test]
+fn without_range_invalidation_each_page_gets_its_own_tlbi() {
+    // QEMU's IDR3 without RIL (bit 10).
+    let config = Config::qemu_virt().with_idr(3, 0x1414 & !(1 << 10));
+    let (p, model, mut unit) = setup(config, UnitConfig::default());
+    assert!(!unit.ids().idr3.ril());
+    let asid = unit.allocate_asid().unwrap();
+    let mut t = s1_table(&p, &mut unit, asid, TARGET_A);
+    unit.set_stream(&p, StreamId(SID), StreamConfig::Stage1(s1(&t, asid))).unwrap();
+    for page in 0..3u64 {
+        let iova = IOVA + 0x20_0000 + page * 0x1000;
+        assert_eq!(reach(&model, SID, None, iova), Ok(TARGET_A + 0x20_0000 + page * 0x1000));
+    }
+    model.take_commands();
+    let pending = t.unmap(&p, Iova(IOVA + 0x20_0000), 0x3000).unwrap();
+    unit.flush(&p, pending, TlbScope::Stage1 { asid, vmid: 0 }).unwrap();
+    let log = model.take_commands();
+    let vas = log.iter().filter(|c| matches!(c.command, Ok(Logged::TlbiNhVa { .. }))).count();
+    assert_eq!(vas, 3, "{log:?}");
+    assert!(log.iter().all(|c| c.command.is_ok()), "no range fields without RIL: {log:?}");
+    for page in 0..3u64 {
+        let code = fault_code(reach(&model, SID, None, IOVA + 0x20_0000 + page * 0x1000));
+        assert_eq!(code, ev::F_TRANSLATION);
+    }
+    assert!(model.errors().is_empty(), "{:?}", model.errors());
+}
