@@ -175,7 +175,8 @@ pub struct TableLayout {
     pub phys_bits: u8,
 }
 
-/// One translation unit as the core drives it (implemented for [`crate::vtd::Unit`]).
+/// One translation unit as the core drives it (implemented for [`crate::vtd::Unit`] and
+/// [`crate::smmuv3::SmmuBackend`]).
 ///
 /// Each method completes what it changes: an entry written by `install` or cleared by
 /// `remove` has been invalidated (and the invalidation waited for) when it returns `Ok`.
