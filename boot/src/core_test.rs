@@ -1,16 +1,16 @@
-//! The architecture-neutral domain core (`pcie_iommu::iommu::Iommu`) over VT-d, with real DMA
-//! (self-test `pcie`, q35-rich): edu behind the PCIe-to-PCI bridge reach the unit with the
-//! bridge's alias (04:00.0), so the core must program every alias; the two edu there share a
+//! The architecture-neutral domain core (`pcie_iommu::iommu::Iommu`) with real DMA (self-test
+//! `pcie`), over VT-d (q35-rich) and over the SMMUv3 (virt-rich, stage-1 domains): edu behind
+//! the PCIe-to-PCI bridge reach the unit with the bridge's alias (q35: 04:00.0; virt: the
+//! StreamID of 08:00.0), so the core must program every alias; the two edu there share a
 //! group, so attaching them to different domains is refused, and replacing one's domain moves
 //! both; an edu in another group keeps its own domain throughout.
 
 use pcie_iommu::hal::{DmaPages, Platform};
-use pcie_iommu::iommu::domain::{Domain, Endpoint, Isolation, StageFormat};
-use pcie_iommu::iommu::pagetable::{Perms, VtdSecondStage, X86FirstStage};
+use pcie_iommu::iommu::domain::{Backend, Domain, Endpoint, Isolation, StageFormat};
+use pcie_iommu::iommu::pagetable::Perms;
 use pcie_iommu::iommu::Iommu;
 use pcie_iommu::pci::groups::Groups;
 use pcie_iommu::pci::{ConfigAccess, FunctionIndex};
-use pcie_iommu::vtd::{TableMode, Unit};
 use pcie_iommu::{Error, Iova, PhysAddr};
 
 use crate::checks::Checks;
@@ -18,7 +18,49 @@ use crate::edu::{self, Edu};
 use crate::pcie::{MAX_FUNCTIONS, Pcie};
 use crate::platform::QemuPlatform;
 
-type Core = Iommu<Unit, MAX_FUNCTIONS, 16>;
+type Core<B> = Iommu<B, MAX_FUNCTIONS, 16>;
+
+/// What the test needs of a unit beyond the core's [`Backend`].
+pub trait CoreUnit: Backend {
+    /// Whether a detached (blocked) endpoint's DMA is recorded as a fault (VT-d: context entry
+    /// not present) or aborted silently (SMMUv3: abort STE).
+    const DETACH_FAULTS: bool;
+    /// Drains the recorded faults or events; the first one's reason or event code.
+    fn faults(&mut self, platform: &QemuPlatform) -> Option<u32>;
+    /// Turns DMA remapping on or off (the SMMU translates from bring-up on).
+    fn translation(&mut self, platform: &QemuPlatform, on: bool) -> Result<(), Error>;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl CoreUnit for pcie_iommu::vtd::Unit {
+    const DETACH_FAULTS: bool = true;
+    fn faults(&mut self, _platform: &QemuPlatform) -> Option<u32> {
+        let mut first = None;
+        self.drain_faults(|_, r| first = first.or(Some(u32::from(r.reason))));
+        first
+    }
+    fn translation(&mut self, platform: &QemuPlatform, on: bool) -> Result<(), Error> {
+        self.set_translation(platform, on)
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+impl CoreUnit for pcie_iommu::smmuv3::SmmuBackend<'_> {
+    const DETACH_FAULTS: bool = false;
+    fn faults(&mut self, platform: &QemuPlatform) -> Option<u32> {
+        let mut first = None;
+        self.unit_mut().drain_events(platform, |e| {
+            if first.is_none() {
+                defmt::info!("core: SMMUv3 event {=str} StreamID {=u32:#x} address {=u64:#x}", e.kind.name(), e.stream.0, e.address);
+            }
+            first = first.or(Some(u32::from(e.code)));
+        });
+        first
+    }
+    fn translation(&mut self, _platform: &QemuPlatform, _on: bool) -> Result<(), Error> {
+        Ok(())
+    }
+}
 
 const SRC: u64 = 0x3000_0000;
 const DST: u64 = 0x3000_1000;
@@ -36,20 +78,39 @@ fn holds(pages: &DmaPages, offset: usize, byte: u8) -> bool {
     (0..LEN as usize).all(|i| unsafe { pages.virt().as_ptr().add(offset + i).read_volatile() } == byte ^ i as u8)
 }
 
+#[cfg(target_arch = "x86_64")]
 pub fn run(cfg: &impl ConfigAccess, e: &Pcie, platform: &QemuPlatform, base: PhysAddr, size: usize, checks: &mut Checks) {
+    use pcie_iommu::iommu::pagetable::{VtdSecondStage, X86FirstStage};
+    use pcie_iommu::vtd::{TableMode, Unit};
     let Some((_, _, ecap)) = checks.ok("VT-d capabilities", Unit::probe(platform, base, size)) else { return };
     let mode = if ecap.smts() { TableMode::Scalable } else { TableMode::Legacy };
     let Some(mut unit) = checks.ok("VT-d unit for the domain core", Unit::new(platform, base, size, mode)) else { return };
     if checks.ok("queued invalidation on", unit.enable_queued_invalidation(platform, 256)).is_none() {
         return;
     }
-    let mut core = Core::new(unit, 1);
+    let mut core: Core<Unit> = Iommu::new(unit, 1);
     if mode == TableMode::Scalable && !ecap.slts() {
         with_format(cfg, e, platform, &mut core, X86FirstStage::new(), checks);
     } else {
         with_format(cfg, e, platform, &mut core, VtdSecondStage::new(), checks);
     }
     checks.ok("VT-d translation off", core.backend_mut().set_translation(platform, false));
+}
+
+/// The core over the SMMUv3 the device tree describes, with the `iommu-map` of the host's
+/// segment for requester IDs; stage-1 domains (ASID tags).
+#[cfg(target_arch = "aarch64")]
+pub fn run_smmu(cfg: &impl ConfigAccess, e: &Pcie, dt: &pcie_iommu::firmware::dt::DeviceTree<'_>, platform: &QemuPlatform, segment: u16, checks: &mut Checks) {
+    use pcie_iommu::iommu::pagetable::Arm64Stage1;
+    use pcie_iommu::smmuv3::discovery::{self, Firmware};
+    use pcie_iommu::smmuv3::{SidMap, SmmuBackend, Unit, UnitConfig};
+    let fw = Firmware::DeviceTree(dt);
+    let Some(Some(desc)) = checks.ok("core: SMMUv3 from the device tree", discovery::describe(fw, 0)) else { return };
+    let Some(map) = checks.ok("core: RID to StreamID map", discovery::stream_id_map(fw, &desc, segment)) else { return };
+    let Some(unit) = checks.ok("SMMUv3 unit for the domain core", Unit::new(platform, desc.base, UnitConfig::default())) else { return };
+    let bbml = unit.ids().idr3.bbml();
+    let mut core: Core<SmmuBackend<'_>> = Iommu::new(SmmuBackend::new(unit, SidMap::Firmware(map)), 1);
+    with_format(cfg, e, platform, &mut core, Arm64Stage1::new(bbml), checks);
 }
 
 struct Device {
@@ -64,7 +125,7 @@ fn open(cfg: &impl ConfigAccess, e: &Pcie, platform: &QemuPlatform, index: Funct
     Some(Device { edu, endpoint: Endpoint::function(index, f.bdf()) })
 }
 
-fn map<F: StageFormat>(core: &mut Core, platform: &QemuPlatform, d: &mut Domain<F>, iova: u64, phys: u64, perms: Perms, checks: &mut Checks) -> bool {
+fn map<B: CoreUnit, F: StageFormat>(core: &mut Core<B>, platform: &QemuPlatform, d: &mut Domain<F>, iova: u64, phys: u64, perms: Perms, checks: &mut Checks) -> bool {
     let done = d.map(platform, Iova(iova), PhysAddr(phys), 4096, perms).and_then(|p| core.flush(platform, d, p));
     checks.ok("core: map and flush", done).is_some()
 }
@@ -76,7 +137,7 @@ fn copy(dev: &Device, platform: &QemuPlatform, offset: u64, checks: &mut Checks)
     platform.read_barrier();
 }
 
-fn with_format<F: StageFormat + Copy>(cfg: &impl ConfigAccess, e: &Pcie, platform: &QemuPlatform, core: &mut Core, format: F, checks: &mut Checks) {
+fn with_format<B: CoreUnit, F: StageFormat + Copy>(cfg: &impl ConfigAccess, e: &Pcie, platform: &QemuPlatform, core: &mut Core<B>, format: F, checks: &mut Checks) {
     let groups = Groups::compute(&e.topology);
     let iso = Isolation::new(&e.topology, &groups);
     // Two edu sharing a group (behind the PCIe-to-PCI bridge) and one in a group of its own.
@@ -123,16 +184,15 @@ fn with_format<F: StageFormat + Copy>(cfg: &impl ConfigAccess, e: &Pcie, platfor
     checks.check("core: an attach that would split a group is refused", matches!(split, Err(Error::GroupSplit { .. })));
     checks.ok("core: the other member joins domain one", core.attach(platform, &iso, &mut one, b.endpoint));
     checks.ok("core: the lone edu attaches to domain two", core.attach(platform, &iso, &mut two, c.endpoint));
-    core.backend().drain_faults(|_, _| {});
-    if checks.ok("VT-d translation on", core.backend_mut().set_translation(platform, true)).is_none() {
+    core.backend_mut().faults(platform);
+    if checks.ok("translation on", core.backend_mut().translation(platform, true)).is_none() {
         return;
     }
 
     copy(&a, platform, 0, checks);
     copy(&b, platform, 0x200, checks);
     copy(&c, platform, 0x400, checks);
-    let mut fault = None;
-    core.backend().drain_faults(|_, r| fault = fault.or(Some(r)));
+    let fault = core.backend_mut().faults(platform);
     let (ga, gb, gc) = (holds(&pages, 4096, 0x11), holds(&pages, 4096 + 0x200, 0x22), holds(&pages, 3 * 4096 + 0x400, 0x97));
     defmt::info!("core: {} and {} copied in domain one: {=bool} {=bool}; {} in domain two: {=bool}; fault {}", a.endpoint.bdf, b.endpoint.bdf, ga, gb, c.endpoint.bdf, gc, fault);
     checks.check("core: each group's DMA reaches its own domain, through the bridge alias too", ga && gb && gc && fault.is_none());
@@ -149,17 +209,17 @@ fn with_format<F: StageFormat + Copy>(cfg: &impl ConfigAccess, e: &Pcie, platfor
     defmt::info!("core: after replace {} is in domain two too: {=bool}; both copy in domain two: {=bool} {=bool}", b.endpoint.bdf, moved, ra, rb);
     checks.check("core: replace moved the whole group and its DMA follows", moved && ra && rb);
 
-    // Detach everything; the group's DMA is then blocked and faults with the alias as source.
+    // Detach everything; the group's DMA is then blocked (VT-d: faults with the alias as source;
+    // SMMUv3: abort STE, silently).
     for dev in [&a, &b] {
         checks.ok("core: detach a group member", core.detach(platform, &iso, &mut two, dev.endpoint));
     }
     checks.ok("core: detach the lone edu", core.detach(platform, &iso, &mut two, c.endpoint));
-    core.backend().drain_faults(|_, _| {});
+    core.backend_mut().faults(platform);
     fill(&pages, 3 * 4096, 0);
     checks.ok("edu DMA after detach", a.edu.dma(platform, DST, LEN, true));
-    let mut fault = None;
-    core.backend().drain_faults(|_, r| fault = fault.or(Some(r)));
-    let blocked = holds(&pages, 3 * 4096, 0) && fault.is_some();
+    let fault = core.backend_mut().faults(platform);
+    let blocked = holds(&pages, 3 * 4096, 0) && fault.is_some() == B::DETACH_FAULTS;
     defmt::info!("core: after detach {} is blocked: {=bool} (fault {})", a.endpoint.bdf, blocked, fault);
     checks.check("core: a detached group is blocked", blocked);
     for (what, d) in [("core: destroy domain one", one), ("core: destroy domain two", two)] {

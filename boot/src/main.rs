@@ -16,6 +16,7 @@ mod arch;
 mod boot_info;
 mod checks;
 mod cmdline;
+mod core_test;
 mod discover;
 mod edu;
 mod host_check;
@@ -27,8 +28,6 @@ mod smmu_test;
 mod tree;
 #[cfg(target_arch = "x86_64")]
 mod vtd_test;
-#[cfg(target_arch = "x86_64")]
-mod core_test;
 
 use boot_info::BootInfo;
 use checks::Checks;

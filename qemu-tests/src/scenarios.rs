@@ -267,6 +267,14 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "check ok: page requests for a VF whose PF has no PRI are refused, naming the PF",
             "check ok: disabled VFs no longer answer and left the snapshot",
             "check ok: an attach that would split a group is refused",
+            // The domain core over the SMMUv3 (stage-1 domains, ASID tags) with edu DMA: the two
+            // edu behind the PCIe-to-PCI bridge (08:00.0 alias StreamID) share a domain.
+            "Arm VMSAv8-64 stage 1 tables",
+            "check ok: core: an attach that would split a group is refused",
+            "core: 0000:08:03.0 and 0000:08:04.0 copied in domain one: true true; 0000:00:01.0 in domain two: true; fault None",
+            "core: after replace 0000:08:04.0 is in domain two too: true; both copy in domain two: true true",
+            "core: after detach 0000:08:03.0 is blocked: true (fault None)",
+            "check ok: core: destroy domain two",
             "running at EL2",
         ] } },
     // Issue 5: edu DMA through the driver's SMMUv3 stream table, CDs and page tables (stage 1,

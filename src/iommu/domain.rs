@@ -69,6 +69,14 @@ impl StageFormat for crate::iommu::pagetable::X86FirstStage {
     const STAGE: Stage = Stage::First;
 }
 
+impl StageFormat for crate::iommu::pagetable::Arm64Stage1 {
+    const STAGE: Stage = Stage::First;
+}
+
+impl StageFormat for crate::iommu::pagetable::Arm64Stage2 {
+    const STAGE: Stage = Stage::Second;
+}
+
 /// Where a request comes from: a function, and the PASID (SMMUv3: substream ID) it carries.
 /// `pasid: None` is requests without a PASID (VT-d scalable mode: RID_PASID; SMMUv3: SSID 0
 /// or no substream).
@@ -167,7 +175,8 @@ pub struct TableLayout {
     pub phys_bits: u8,
 }
 
-/// One translation unit as the core drives it (implemented for [`crate::vtd::Unit`]).
+/// One translation unit as the core drives it (implemented for [`crate::vtd::Unit`] and
+/// [`crate::smmuv3::SmmuBackend`]).
 ///
 /// Each method completes what it changes: an entry written by `install` or cleared by
 /// `remove` has been invalidated (and the invalidation waited for) when it returns `Ok`.

@@ -4,18 +4,23 @@
 //! [`unit`](mod@unit) brings one SMMU up and configures StreamIDs ([`ste`]: stream table
 //! entries, context descriptors, the linear or 2-level stream table), issues [`command`]s
 //! through the command queue and decodes [`event`]s from the event queue ([`queue`]).
+//! [`backend`] drives a unit for the architecture-neutral domain core ([`crate::iommu::domain`]).
 //! [`discovery`] describes an SMMU and its RID-to-StreamID mapping from a device tree or IORT.
 
+pub mod backend;
 pub mod command;
 pub mod discovery;
 pub mod event;
 pub mod queue;
 pub mod regs;
+#[cfg(test)]
+mod sim_tests;
 pub mod ste;
 #[cfg(test)]
 mod tests;
 pub mod unit;
 
+pub use backend::{SidMap, SmmuBackend};
 pub use command::Command;
 pub use discovery::{SmmuDescription, StreamIdMap};
 pub use event::{Event, EventKind};

@@ -194,6 +194,7 @@ pub fn run(info: &BootInfo, machine: Machine, checks: &mut Checks, extra: super:
                 crate::pcie::edus_answer(&ecam, e, &platform, checks);
                 crate::pcie::sriov_round_trip(&ecam, e, &platform, host_check, checks);
                 crate::pcie::attach_guard(e, checks);
+                crate::core_test::run_smmu(&ecam, e, &dt, &platform, host.segment, checks);
             }
             (super::Extra::Smmu, Some(e)) => crate::smmu_test::run(&ecam, e, &dt, &platform, checks),
             (super::Extra::Smmu, None) => {
