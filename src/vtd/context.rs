@@ -192,7 +192,25 @@ impl ScalableContextEntry {
     pub const fn present(&self) -> bool {
         self.0[0] & 1 != 0
     }
+
+    /// PRE (bit 4; Linux `context_set_sm_pre`, QEMU `VTD_SM_CONTEXT_ENTRY_PRE`): the unit
+    /// accepts page requests from the function. Without it a page request is not queued: the
+    /// unit records a fault (reason 47h) instead (§7.5.1; ECAP.PRS is the caller's check).
+    pub const fn page_requests(&self) -> bool {
+        self.0[0] & PRE != 0
+    }
+
+    /// The same entry with PRE set or cleared.
+    #[must_use]
+    pub const fn with_page_requests(self, on: bool) -> Self {
+        let mut v = self.0;
+        v[0] = if on { v[0] | PRE } else { v[0] & !PRE };
+        Self(v)
+    }
 }
+
+/// Scalable-mode context entry PRE (Page Request Enable), §9.4.
+const PRE: u64 = 1 << 4;
 
 /// A table page with its CPU-only shadow page after it.
 #[derive(Clone, Copy, Debug)]
