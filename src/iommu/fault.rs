@@ -126,8 +126,13 @@ pub trait FaultQueue<B: Backend> {
 
 /// What the PRI side of a fault-capable attach, detach or replace needs: the PF-shared PRI
 /// manager and the config space it programs, with the knobs [`PriShare`] asks for.
-pub struct PriContext<'a, C: ConfigAccess + ?Sized, const PFS: usize, const USERS: usize, const IOMMUS: usize>
-{
+pub struct PriContext<
+    'a,
+    C: ConfigAccess + ?Sized,
+    const PFS: usize,
+    const USERS: usize,
+    const IOMMUS: usize,
+> {
     /// The PF-shared PRI/PASID manager (one for the system: its budgets are per IOMMU).
     pub share: &'a mut PriShare<PFS, USERS, IOMMUS>,
     /// Config space of the functions.
@@ -198,7 +203,9 @@ impl<const FA: usize> FaultRoutes<FA> {
     fn id_of(&self, endpoint: &Endpoint) -> Option<FaultId> {
         self.routes
             .iter()
-            .find(|r| r.endpoint.function == endpoint.function && r.endpoint.pasid == endpoint.pasid)
+            .find(|r| {
+                r.endpoint.function == endpoint.function && r.endpoint.pasid == endpoint.pasid
+            })
             .map(|r| r.id)
     }
 
@@ -254,12 +261,7 @@ fn cause(e: &Error) -> &'static str {
 impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG, FA> {
     /// Page requests through `queue` (already set up; VT-d: [`crate::vtd::prq::PageRequestQueue::new`]).
     pub const fn new(queue: Q) -> Self {
-        Self {
-            queue,
-            service: PageRequestService::new(),
-            routes: FaultRoutes::new(),
-            next_id: 1,
-        }
+        Self { queue, service: PageRequestService::new(), routes: FaultRoutes::new(), next_id: 1 }
     }
 
     /// The hardware queue.
@@ -349,7 +351,17 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
     /// fault-capable attachment enables page requests for it first (see the
     /// [module docs](self)); every refusal leaves everything as it was.
     #[allow(clippy::too_many_arguments, reason = "the unit, the snapshot and the PRI side")]
-    pub fn attach<B, F, P, C, const N: usize, const A: usize, const PFS: usize, const USERS: usize, const IOMMUS: usize>(
+    pub fn attach<
+        B,
+        F,
+        P,
+        C,
+        const N: usize,
+        const A: usize,
+        const PFS: usize,
+        const USERS: usize,
+        const IOMMUS: usize,
+    >(
         &mut self,
         iommu: &mut Iommu<B, N, A>,
         platform: &P,
@@ -390,7 +402,18 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
     /// ends its use of its PF's PRI. A drain that does not finish in its bound is
     /// [`Error::PageRequestDrain`] (the endpoint is blocked all the same).
     #[allow(clippy::too_many_arguments, reason = "the unit, the snapshot, PRI and the handler")]
-    pub fn detach<B, F, P, C, H, const N: usize, const A: usize, const PFS: usize, const USERS: usize, const IOMMUS: usize>(
+    pub fn detach<
+        B,
+        F,
+        P,
+        C,
+        H,
+        const N: usize,
+        const A: usize,
+        const PFS: usize,
+        const USERS: usize,
+        const IOMMUS: usize,
+    >(
         &mut self,
         iommu: &mut Iommu<B, N, A>,
         platform: &P,
@@ -427,7 +450,19 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
     /// Between two fault-capable domains: the new attachment gets the routes, the old one is
     /// drained.
     #[allow(clippy::too_many_arguments, reason = "the unit, the snapshot, PRI and the handler")]
-    pub fn replace<B, F, G2, P, C, H, const N: usize, const A: usize, const PFS: usize, const USERS: usize, const IOMMUS: usize>(
+    pub fn replace<
+        B,
+        F,
+        G2,
+        P,
+        C,
+        H,
+        const N: usize,
+        const A: usize,
+        const PFS: usize,
+        const USERS: usize,
+        const IOMMUS: usize,
+    >(
         &mut self,
         iommu: &mut Iommu<B, N, A>,
         platform: &P,
@@ -519,7 +554,11 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
     }
 
     /// Checks shared by attach and replace into a fault-capable domain.
-    fn prepare<const N: usize>(&self, iso: &Isolation<'_, N>, endpoint: &Endpoint) -> Result<PriUser> {
+    fn prepare<const N: usize>(
+        &self,
+        iso: &Isolation<'_, N>,
+        endpoint: &Endpoint,
+    ) -> Result<PriUser> {
         let group = iso.groups.group_of(endpoint.function).ok_or(Error::BadReference {
             what: "function index",
             value: u64::from(endpoint.function.0),
@@ -623,15 +662,26 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
             }
         };
         rec.count += 1;
-        self.routes.routes.push(FaultRoute { id, endpoint }).map_err(|_| {
-            Error::CapacityExceeded { what: "fault-capable attachments", capacity: FA }
+        self.routes.routes.push(FaultRoute { id, endpoint }).map_err(|_| Error::CapacityExceeded {
+            what: "fault-capable attachments",
+            capacity: FA,
         })
     }
 
     /// The way out of a fault-capable attachment, once its entry no longer points at the
     /// fault-capable domain: unroute, stop PRE for the last, drain, end PRI use for the last.
     #[allow(clippy::too_many_arguments, reason = "the unit, PRI, the handler and the outcome")]
-    fn leave<B, P, C, H, const N: usize, const A: usize, const PFS: usize, const USERS: usize, const IOMMUS: usize>(
+    fn leave<
+        B,
+        P,
+        C,
+        H,
+        const N: usize,
+        const A: usize,
+        const PFS: usize,
+        const USERS: usize,
+        const IOMMUS: usize,
+    >(
         &mut self,
         iommu: &mut Iommu<B, N, A>,
         platform: &P,
@@ -665,8 +715,16 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
             }
         }
         let Self { queue, service, routes, .. } = self;
-        let drained =
-            queue.drain(iommu.backend_mut(), platform, service, routes, handler, id, &endpoint, tag);
+        let drained = queue.drain(
+            iommu.backend_mut(),
+            platform,
+            service,
+            routes,
+            handler,
+            id,
+            &endpoint,
+            tag,
+        );
         if let Err(e) = drained {
             // Forced to blocking (the detach or replace already moved it; make sure), the
             // groups held for it answered as far as the queue allows, and reported.
@@ -718,3 +776,6 @@ struct Enabled {
     /// The PF's PRG Response PASID Required.
     pasid_in_response: bool,
 }
+
+#[cfg(test)]
+mod tests;

@@ -170,7 +170,10 @@ impl Backend for Unit {
     fn page_requests(&self) -> Result<()> {
         let ecap = self.extended_capability();
         if !ecap.prs() {
-            return Err(Error::Unsupported { what: "VT-d ECAP.PRS (page requests)", value: ecap.0 });
+            return Err(Error::Unsupported {
+                what: "VT-d ECAP.PRS (page requests)",
+                value: ecap.0,
+            });
         }
         // PRE lives in scalable-mode context entries only.
         if self.mode() != TableMode::Scalable {
