@@ -645,6 +645,21 @@ mod tests {
         assert_eq!(e.unwrap().0[0], 0x7000 | context_pdts(2) | 1);
     }
 
+    /// QEMU `VTD_SM_CONTEXT_ENTRY_PRE` (hw/i386/intel_iommu_internal.h), Linux
+    /// `context_set_sm_pre` (`lo |= BIT_ULL(4)`).
+    const VTD_SM_CONTEXT_ENTRY_PRE: u64 = 0x10;
+
+    #[test]
+    fn pre_is_bit_4_and_touches_nothing_else() {
+        let e =
+            ScalableContextEntry::new(PhysAddr(0x7000), 2, Pasid::new(0).unwrap(), ECAP).unwrap();
+        assert!(!e.page_requests(), "off unless asked for");
+        let on = e.with_page_requests(true);
+        assert_eq!(on.0, [e.0[0] | VTD_SM_CONTEXT_ENTRY_PRE, e.0[1], e.0[2], e.0[3]]);
+        assert!(on.page_requests() && on.present());
+        assert_eq!(on.with_page_requests(false), e);
+    }
+
     #[test]
     fn domain_ids() {
         let p = crate::vtd::testfake::FakeVtd::new(0, 0);

@@ -484,3 +484,31 @@ fn threads_detach_while_requests_arrive_and_no_group_is_lost_or_answered_twice()
         assert_eq!(answered, 80, "round {round}: one response per group");
     }
 }
+
+#[test]
+fn requests_without_pasid_and_a_pasid_the_enable_did_not_cover() {
+    let pci = pci();
+    let iso = pci.iso();
+    let mut v = vtd();
+    let mut s = share(&pci, 128);
+    let mut pri = PriContext::new(&mut s, &pci.model);
+    let mut d = v.core.new_fault_domain(&v.p, X86FirstStage::new()).unwrap();
+    let with_pasid = pci.vfs[0];
+    let e = Endpoint::function(with_pasid.function, with_pasid.bdf);
+    v.faults.attach(&mut v.core, &v.p, &iso, &mut d, e, &mut pri).unwrap();
+    assert!(pci.pri_on());
+    assert!(matches!(v.model.inject_page_request(request(&e, 1, true)), InjectOutcome::Queued(_)));
+    v.faults.process(&mut v.core, &v.p, &mut ok, 64).unwrap();
+    let r = v.model.page_responses();
+    assert_eq!((r[0].pasid, r[0].prgi, r[0].code), (None, 1, 0));
+    // Page requests of the function were enabled without PASID: a PASID attachment would need
+    // PASID Enable changed under its user.
+    let err = v.faults.attach(&mut v.core, &v.p, &iso, &mut d, with_pasid, &mut pri).unwrap_err();
+    assert!(matches!(err, Error::PriPinned { pf, users: 1, .. } if pf == pf_bdf()), "{err:?}");
+    assert_eq!((v.core.domain_of(&with_pasid), v.faults.fault_attachments(e.function)), (None, 1));
+    v.faults.detach(&mut v.core, &v.p, &iso, &mut d, e, &mut pri, &mut ok).unwrap();
+    assert!(!pci.pri_on());
+    let o = v.model.inject_page_request(request(&e, 2, true));
+    assert!(matches!(o, InjectOutcome::Refused { .. }), "{o:?}");
+    assert_all_answered_once(&v.model);
+}
