@@ -26,7 +26,7 @@
 //!   invalidation queue's timeout.
 //! - **Never silently**: a drain that does not finish in its bound forces the endpoint to
 //!   blocking (again), answers what the service holds for it as far as the queue allows, keeps
-//!   the function a user of its PF's PRI (groups may still be outstanding; [`Self::stuck`]
+//!   the function a user of its PF's PRI (groups may still be outstanding; [`PageRequests::stuck`]
 //!   lists it) and returns [`Error::PageRequestDrain`] with the BDF and PASID.
 //!
 //! A function's attachments with and without PASIDs share one PRI user. The PASID features
@@ -175,7 +175,8 @@ struct FunctionRecord {
     pasid_in_response: bool,
     /// Fault-capable attachments.
     count: usize,
-    /// A drain failed: it stays a PRI user until [`PageRequests::release_stuck`].
+    /// A drain failed: it stays a PRI user (its groups may be outstanding); a later
+    /// fault-capable attach of the function reuses that use. Nothing releases it yet.
     stuck: bool,
 }
 
