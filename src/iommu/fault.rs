@@ -44,7 +44,8 @@
 //! [`PageRequests::process`] from the interrupt handler under that lock.
 //!
 //! ```ignore
-//! let mut faults = PageRequests::<_, 32, 8, 16>::new(PageRequestQueue::new(&p, core.backend(), 1)?);
+//! let prq = PageRequestQueue::new(&p, core.backend(), 1)?; // where ECAP.PRS
+//! let mut faults = PageRequests::<_, 32, 8, 16>::new(prq);
 //! let mut domain = core.new_fault_domain(&p, X86FirstStage::new())?;
 //! let mut pri = PriContext::new(&mut share, &config_space);
 //! faults.attach(&mut core, &p, &iso, &mut domain, vf_endpoint, &mut pri)?; // PRI on the PF
@@ -260,7 +261,8 @@ fn cause(e: &Error) -> &'static str {
 }
 
 impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG, FA> {
-    /// Page requests through `queue` (already set up; VT-d: [`crate::vtd::prq::PageRequestQueue::new`]).
+    /// Page requests through `queue` (already set up; VT-d:
+    /// [`crate::vtd::prq::PageRequestQueue::new`]).
     pub const fn new(queue: Q) -> Self {
         Self { queue, service: PageRequestService::new(), routes: FaultRoutes::new(), next_id: 1 }
     }
