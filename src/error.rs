@@ -490,6 +490,17 @@ pub enum Error {
         /// Queue slot of the command.
         slot: u32,
     },
+    /// The page-request drain of a fault-capable attachment's detach or replace did not finish
+    /// in its bound: the attachment was forced to blocking, its function stays a user of its
+    /// PF's PRI (groups may still be outstanding) and is reported here.
+    PageRequestDrain {
+        /// The function.
+        function: crate::addr::Bdf,
+        /// Its PASID (`u32::MAX`: requests without a PASID).
+        pasid: u32,
+        /// What failed (the error's own `what`).
+        cause: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -671,6 +682,11 @@ impl fmt::Display for Error {
                 f,
                 "SMMUv3 rejected command opcode {opcode:#04x} at queue slot {slot} with \
                  CMDQ_CONS.ERR {error}; replaced with CMD_SYNC"
+            ),
+            Error::PageRequestDrain { function, pasid, cause } => write!(
+                f,
+                "{function} PASID {pasid:#x}: page-request drain did not finish ({cause}); \
+                 forced to blocking, PRI kept for its outstanding groups"
             ),
         }
     }

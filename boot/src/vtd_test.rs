@@ -11,6 +11,7 @@ use pcie_iommu::iommu::pagetable::{IoPageTable, PageSizes, Perms, VtdSecondStage
 use pcie_iommu::iommu::PendingInvalidation;
 use pcie_iommu::vtd::fault::reason_text;
 use pcie_iommu::vtd::pasid::PasidTranslation;
+use pcie_iommu::vtd::prq::PageRequestQueue;
 use pcie_iommu::vtd::qi::FlushScope;
 use pcie_iommu::vtd::descriptor::{self, Descriptor, Drain};
 use pcie_iommu::vtd::{FaultRecord, TableMode, Unit};
@@ -49,6 +50,24 @@ impl Table {
     }
 }
 
+/// The page request queue exists only where ECAP.PRS says so (its registers are reserved
+/// otherwise, §11.4.24): set it up there; elsewhere (QEMU 10.0.2) the driver must refuse it
+/// without touching the registers, and the log says why there is none.
+fn page_request_queue(unit: &Unit, platform: &QemuPlatform, ecap: pcie_iommu::vtd::ExtendedCapability, checks: &mut Checks) {
+    let queue = PageRequestQueue::new(platform, unit, 1);
+    if ecap.prs() {
+        if let Some(q) = checks.ok("VT-d page request queue set up (ECAP.PRS)", queue) {
+            defmt::info!("VT-d: page request queue of {=usize} entries", q.entries());
+        }
+        return;
+    }
+    defmt::info!("VT-d: ECAP.PRS clear: no page request queue (QEMU 10.0.2)");
+    checks.check(
+        "no page request queue without ECAP.PRS",
+        matches!(queue, Err(Error::Unsupported { what: "VT-d ECAP.PRS (page requests)", .. })),
+    );
+}
+
 const IOVA_SMALL: u64 = 0x1000_0000;
 const IOVA_2M: u64 = 0x2000_0000;
 const IOVA_1G: u64 = 0x4000_0000;
@@ -82,6 +101,7 @@ pub fn run(cfg: &impl pcie_iommu::pci::ConfigAccess, e: &Pcie, platform: &QemuPl
     if checks.ok("queued invalidation on", unit.enable_queued_invalidation(platform, 256)).is_none() {
         return;
     }
+    page_request_queue(&unit, platform, ecap, checks);
     let Some(did) = checks.ok("domain ID allocated", unit.allocate_domain_id()) else { return };
     let levels = if cap.sagaw() & 0b100 != 0 { 4 } else { 3 };
     let scope = if first_stage { FlushScope::PasidIotlb(Pasid::default()) } else { FlushScope::Iotlb };

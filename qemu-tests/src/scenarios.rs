@@ -203,6 +203,8 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         ] } },
     Scenario { name: "q35-vtd-scalable-fl-dma", shape: "q35-vtd-fl-dma", self_test: "vtd", timeout: DEFAULT_TIMEOUT,
         expect: Pass { lines: &[
+            "VT-d: ECAP.PRS clear: no page request queue (QEMU 10.0.2)",
+            "check ok: no page request queue without ECAP.PRS",
             "VT-d: scalable first-stage translation, domain 1, 4-level table",
             "check ok: DMA through mapped pages returns the bytes written",
             "source 00:01.0 reason 0x85 (scalable mode: no write permission for a write or atomic request) address 0x10002000 write",

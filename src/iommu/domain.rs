@@ -219,6 +219,24 @@ pub trait Backend {
         stage: Stage,
         pasids: &[Option<Pasid>],
     ) -> Result<()>;
+    /// Whether the unit can deliver page requests (VT-d: ECAP.PRS in scalable mode; SMMUv3: a
+    /// PRI queue): [`Error::Unsupported`] with the capability otherwise. Needed by
+    /// fault-capable domains ([`Iommu::new_fault_domain`]).
+    fn page_requests(&self) -> Result<()> {
+        Err(Error::Unsupported { what: "page requests on this IOMMU backend", value: 0 })
+    }
+    /// Makes the unit accept (`on`) or refuse page requests from `endpoint`'s requester ID
+    /// (VT-d: PRE in its scalable-mode context entry, which must exist when turning it on), and
+    /// flushes what that owes.
+    fn set_page_requests<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        endpoint: &Endpoint,
+        on: bool,
+    ) -> Result<()> {
+        let _ = (platform, endpoint, on);
+        self.page_requests()
+    }
 }
 
 /// An I/O address space. Created by [`Iommu::new_domain`] (and the identity and blocking
@@ -232,6 +250,7 @@ pub struct Domain<F: PageTableFormat> {
     table: Option<IoPageTable<F>>,
     users: usize,
     stuck: usize,
+    fault_capable: bool,
 }
 
 impl<F: PageTableFormat> Domain<F> {
@@ -258,6 +277,11 @@ impl<F: PageTableFormat> Domain<F> {
     /// Detaches whose invalidation could not be confirmed: the domain can never be destroyed.
     pub const fn unconfirmed_detaches(&self) -> usize {
         self.stuck
+    }
+
+    /// Whether page requests of its attachments are delivered (see [`crate::iommu::fault`]).
+    pub const fn fault_capable(&self) -> bool {
+        self.fault_capable
     }
 
     /// The page table, if the domain translates.
@@ -391,7 +415,23 @@ impl<B: Backend, const N: usize, const A: usize> Iommu<B, N, A> {
         };
         table.set_domain(tag);
         let id = self.next_id()?;
-        Ok(Domain { id, kind, tag, table: Some(table), users: 0, stuck: 0 })
+        Ok(Domain { id, kind, tag, table: Some(table), users: 0, stuck: 0, fault_capable: false })
+    }
+
+    /// A translated domain like [`new_domain`](Self::new_domain) whose attachments receive
+    /// page requests: attached, detached and replaced through [`crate::iommu::fault`]'s
+    /// [`PageRequests`](crate::iommu::fault::PageRequests), which enables PRI for the function and
+    /// drains its page requests on the way out. [`Error::Unsupported`] if the unit cannot
+    /// deliver page requests ([`Backend::page_requests`]).
+    pub fn new_fault_domain<F: StageFormat, P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        format: F,
+    ) -> Result<Domain<F>> {
+        self.backend.page_requests()?;
+        let mut domain = self.new_domain(platform, format)?;
+        domain.fault_capable = true;
+        Ok(domain)
     }
 
     /// An identity (untranslated) domain.
@@ -407,7 +447,7 @@ impl<B: Backend, const N: usize, const A: usize> Iommu<B, N, A> {
     fn untranslated<F: PageTableFormat>(&mut self, kind: DomainKind) -> Result<Domain<F>> {
         let tag = self.backend.allocate_tag(kind)?;
         let id = self.next_id()?;
-        Ok(Domain { id, kind, tag, table: None, users: 0, stuck: 0 })
+        Ok(Domain { id, kind, tag, table: None, users: 0, stuck: 0, fault_capable: false })
     }
 
     /// Destroys an unused domain: its tables are freed (after an invalidation of its tag) and

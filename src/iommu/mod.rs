@@ -11,6 +11,7 @@
 //! response per group, with fixed pools.
 
 pub mod domain;
+pub mod fault;
 pub mod invalidation;
 pub mod pagetable;
 pub mod pri;

@@ -167,6 +167,39 @@ impl Backend for Unit {
         self.flush_tables(platform, owed)
     }
 
+    fn page_requests(&self) -> Result<()> {
+        let ecap = self.extended_capability();
+        if !ecap.prs() {
+            return Err(Error::Unsupported {
+                what: "VT-d ECAP.PRS (page requests)",
+                value: ecap.0,
+            });
+        }
+        // PRE lives in scalable-mode context entries only.
+        if self.mode() != TableMode::Scalable {
+            return Err(Error::Unsupported {
+                what: "VT-d page requests need scalable mode (RTADDR.TTM)",
+                value: ecap.0,
+            });
+        }
+        Ok(())
+    }
+
+    fn set_page_requests<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        endpoint: &Endpoint,
+        on: bool,
+    ) -> Result<()> {
+        if on {
+            Backend::page_requests(self)?;
+        } else if self.mode() != TableMode::Scalable {
+            // Legacy context entries have no PRE: nothing to clear.
+            return Ok(());
+        }
+        Unit::set_page_requests(self, platform, endpoint.bdf, on)
+    }
+
     fn flush<P: Platform + ?Sized>(
         &mut self,
         platform: &P,

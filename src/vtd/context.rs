@@ -192,7 +192,25 @@ impl ScalableContextEntry {
     pub const fn present(&self) -> bool {
         self.0[0] & 1 != 0
     }
+
+    /// PRE (bit 4; Linux `context_set_sm_pre`, QEMU `VTD_SM_CONTEXT_ENTRY_PRE`): the unit
+    /// accepts page requests from the function. Without it a page request is not queued: the
+    /// unit records a fault (reason 47h) instead (§7.5.1; ECAP.PRS is the caller's check).
+    pub const fn page_requests(&self) -> bool {
+        self.0[0] & PRE != 0
+    }
+
+    /// The same entry with PRE set or cleared.
+    #[must_use]
+    pub const fn with_page_requests(self, on: bool) -> Self {
+        let mut v = self.0;
+        v[0] = if on { v[0] | PRE } else { v[0] & !PRE };
+        Self(v)
+    }
 }
+
+/// Scalable-mode context entry PRE (Page Request Enable), §9.4.
+const PRE: u64 = 1 << 4;
 
 /// A table page with its CPU-only shadow page after it.
 #[derive(Clone, Copy, Debug)]
@@ -625,6 +643,21 @@ mod tests {
         let no_pasid = ExtendedCapability(ECAP.0 & !(1 << 40));
         let e = ScalableContextEntry::new(PhysAddr(0x7000), 2, Pasid::new(0).unwrap(), no_pasid);
         assert_eq!(e.unwrap().0[0], 0x7000 | context_pdts(2) | 1);
+    }
+
+    /// QEMU `VTD_SM_CONTEXT_ENTRY_PRE` (hw/i386/intel_iommu_internal.h), Linux
+    /// `context_set_sm_pre` (`lo |= BIT_ULL(4)`).
+    const VTD_SM_CONTEXT_ENTRY_PRE: u64 = 0x10;
+
+    #[test]
+    fn pre_is_bit_4_and_touches_nothing_else() {
+        let e =
+            ScalableContextEntry::new(PhysAddr(0x7000), 2, Pasid::new(0).unwrap(), ECAP).unwrap();
+        assert!(!e.page_requests(), "off unless asked for");
+        let on = e.with_page_requests(true);
+        assert_eq!(on.0, [e.0[0] | VTD_SM_CONTEXT_ENTRY_PRE, e.0[1], e.0[2], e.0[3]]);
+        assert!(on.page_requests() && on.present());
+        assert_eq!(on.with_page_requests(false), e);
     }
 
     #[test]

@@ -545,5 +545,69 @@ where
     }
 }
 
+impl crate::iommu::fault::FaultQueue<Unit> for PageRequestQueue {
+    fn service<P, R, H, const G: usize, const PG: usize>(
+        &mut self,
+        backend: &mut Unit,
+        platform: &P,
+        service_: &mut PageRequestService<R::Attachment, G, PG>,
+        router: &mut R,
+        handler: &mut H,
+        budget: usize,
+    ) -> Result<usize>
+    where
+        P: Platform + ?Sized,
+        R: Router,
+        H: Handler<R::Attachment>,
+    {
+        let queue = backend.queue()?;
+        service(self, platform, queue, service_, router, handler, budget).map(|b| b.read)
+    }
+
+    fn drain<P, R, H, const G: usize, const PG: usize>(
+        &mut self,
+        backend: &mut Unit,
+        platform: &P,
+        service_: &mut PageRequestService<R::Attachment, G, PG>,
+        router: &mut R,
+        handler: &mut H,
+        attachment: R::Attachment,
+        endpoint: &crate::iommu::domain::Endpoint,
+        tag: u32,
+    ) -> Result<()>
+    where
+        P: Platform + ?Sized,
+        R: Router,
+        H: Handler<R::Attachment>,
+    {
+        let did = u16::try_from(tag).map_err(|_| Error::InvalidDomainId {
+            did: tag,
+            supported: backend.domain_ids().count(),
+        })?;
+        // No device-TLB invalidation: the core does not enable ATS (a caller that does adds
+        // it through `teardown_invalidations` and `drain` directly).
+        let invalidations =
+            teardown_invalidations(did, endpoint.bdf.routing_id(), endpoint.pasid, None)?;
+        let queue = backend.queue()?;
+        drain(self, platform, queue, service_, router, handler, attachment, &invalidations)
+            .map(|_| ())
+    }
+
+    fn with_sink<P: Platform + ?Sized, T>(
+        &mut self,
+        backend: &mut Unit,
+        platform: &P,
+        f: impl FnOnce(&mut dyn ResponseSink) -> Result<T>,
+    ) -> Result<T> {
+        let queue = backend.queue()?;
+        let mut sink = QueueSink::new(platform, queue);
+        let out = f(&mut sink)?;
+        match sink.error() {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

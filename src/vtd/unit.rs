@@ -439,6 +439,40 @@ impl Unit {
         })
     }
 
+    /// Sets or clears PRE (page requests accepted, §9.4) in the scalable-mode context entry of
+    /// `bdf`. A present entry is not rewritten in place: Present is cleared, the context cache,
+    /// PASID cache and IOTLB invalidated and waited for, then the entry is written with the new
+    /// PRE (the function's requests are blocked, not mistranslated, in between). Setting it
+    /// needs ECAP.PRS and a present entry ([`Error::EntryState`]); clearing an absent entry does
+    /// nothing.
+    pub fn set_page_requests<P: Platform + ?Sized>(&mut self, platform: &P, bdf: Bdf, on: bool) -> Result<()> {
+        self.require_mode(TableMode::Scalable, "VT-d PRE (page requests) on a legacy-mode unit")?;
+        if on && !self.ecap.prs() {
+            return Err(Error::Unsupported { what: "VT-d ECAP.PRS (page requests)", value: self.ecap.0 });
+        }
+        let rid = bdf.routing_id();
+        let current = ScalableContextEntry(self.tables.entry(rid));
+        if !current.present() {
+            return if on { Err(Error::EntryState { what: "VT-d scalable context entry (PRE)", rid: rid.0, present: false }) } else { Ok(()) };
+        }
+        let want = current.with_page_requests(on);
+        if want == current {
+            return Ok(());
+        }
+        self.queue()?;
+        if self.tables.clear(platform, rid).is_some() {
+            let inv = scalable_context_invalidation(rid, self.cap)?;
+            // On failure the entry stays not present: the function is blocked.
+            self.flush_tables(platform, inv)?;
+        }
+        self.tables.write_scalable(platform, rid, want)?;
+        let mut owed = TableInvalidation::none();
+        if self.cap.caching_mode() {
+            owed.push(desc::context_cache(ContextCacheScope::Device { did: 0, sid: rid, function_mask: 0 })?);
+        }
+        self.flush_tables(platform, owed)
+    }
+
     /// Blocks the function `bdf`: clears its context entry's Present bit. The returned value
     /// must be flushed before the unit is known to stop using the old entry: legacy mode owes
     /// a device-selective context-cache and a domain-selective IOTLB invalidation of the old

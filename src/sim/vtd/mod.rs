@@ -51,8 +51,11 @@
 //! # Not modelled
 //!
 //! Page requests ([`prq`], ECAP.PRS) are modelled from the unit's side only: a test injects
-//! what a device would send (no device model issues them, and the PRE bit of the context entry
-//! is not checked before a request is queued). Also absent: interrupt remapping
+//! what a device would send (no device model issues them). With translation enabled, a request
+//! is queued only if the requester's scalable-mode context entry is present with PRE set
+//! (§9.4; QEMU's `vtd_check_pre_bit`, fault reason 47h): otherwise it is refused, the fault
+//! recorded, and a request that needed a response answered Invalid by the unit. With
+//! translation disabled (no tables to consult) requests are queued unchecked. Also absent: interrupt remapping
 //! (SIRTP latches IRTA, IEC descriptors are logged), advanced fault logging, protected memory
 //! regions, caching mode's caching of not-present entries, paging-structure caches (only leaf
 //! translations are cached), second-stage A/D bits, first-stage XD/NXE and privileged or
@@ -286,7 +289,7 @@ impl Drop for Window {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum CachedContext {
     Legacy { did: u16, tt: u8, aw: u8, slptptr: u64, fpd: bool },
-    Scalable { pasid_dir: u64, pdts: u8, pasid_enable: bool, rid_pasid: u32, fpd: bool },
+    Scalable { pasid_dir: u64, pdts: u8, pasid_enable: bool, rid_pasid: u32, fpd: bool, pre: bool },
 }
 
 /// A cached PASID entry (§6.2.2), keyed by (requester ID, PASID).

@@ -139,6 +139,12 @@ pub enum InjectOutcome {
     Posted,
     /// The unit has no page request support (ECAP.PRS clear).
     Unsupported,
+    /// Refused by the context entry (not present, or PRE clear): the fault was recorded with
+    /// `reason`, and the unit answered Invalid if the request needed a response.
+    Refused {
+        /// Fault reason (47h: PRE clear).
+        reason: u8,
+    },
 }
 
 /// Who sent a page group response.
@@ -285,6 +291,20 @@ impl Inner {
         if d.needs_response() {
             self.prq.owed.entry((d.rid, d.prgi)).or_default().push_back(d.private);
         }
+        let rid = crate::addr::RequesterId(d.rid);
+        if let Err(f) = self.page_request_allowed(rid, d.pasid, d.address, d.write) {
+            if d.needs_response() && !d.is_stop_marker() {
+                self.record_response(PageResponse {
+                    source: ResponseSource::Hardware,
+                    rid: d.rid,
+                    pasid: d.pasid,
+                    prgi: d.prgi,
+                    code: 1,
+                    private: d.private,
+                });
+            }
+            return InjectOutcome::Refused { reason: f.reason };
+        }
         self.write_page_request(d)
     }
 
@@ -388,7 +408,8 @@ impl RemappingUnit {
     }
 
     /// A request the unit has received but not yet written to the queue: it is written by the
-    /// next wait descriptor with PD, or by [`deliver_posted`](Self::deliver_posted).
+    /// next wait descriptor with PD, or by [`deliver_posted`](Self::deliver_posted). The
+    /// context entry's PRE is not checked for it: it stands for a request accepted earlier.
     pub fn post_page_request(&self, d: PageRequestDescriptor) -> InjectOutcome {
         let mut i = self.inner.borrow_mut();
         if !i.prs_supported() {

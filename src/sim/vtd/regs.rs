@@ -180,6 +180,9 @@ pub mod reason {
     pub const SM_CONTEXT_NOT_PRESENT: u8 = 0x41;
     pub const SM_CONTEXT_RESERVED: u8 = 0x42;
     pub const SM_CONTEXT_INVALID: u8 = 0x43;
+    /// A page request from a function whose scalable-mode context entry has PRE clear (QEMU
+    /// `VTD_FR_SM_PRE_ABS`, "SCT.8").
+    pub const SM_PRE_ABSENT: u8 = 0x47;
     pub const SM_PASID_DISABLED: u8 = 0x45;
     pub const SM_PASID_TOO_LARGE: u8 = 0x46;
     pub const SM_PASID_DIR_ACCESS: u8 = 0x50;

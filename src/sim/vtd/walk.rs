@@ -235,7 +235,7 @@ impl Inner {
                 c
             }
         };
-        let CachedContext::Scalable { pasid_dir, pdts, pasid_enable, rid_pasid, fpd } = ctx else {
+        let CachedContext::Scalable { pasid_dir, pdts, pasid_enable, rid_pasid, fpd, .. } = ctx else {
             return Err((reason::SM_CONTEXT_INVALID, false));
         };
         let p = match pasid {
@@ -305,6 +305,39 @@ impl Inner {
             // CAST: a 20-bit field.
             rid_pasid: (w[1] & 0xf_ffff) as u32,
             fpd,
+            pre: w[0] & (1 << 4) != 0,
+        })
+    }
+
+    /// Whether a page request of `rid` may be queued (§9.4 PRE): with translation enabled, its
+    /// scalable-mode context entry (through the context cache) must be present with PRE set;
+    /// otherwise the fault is recorded (reason 47h for PRE clear) and returned.
+    pub(super) fn page_request_allowed(&mut self, rid: RequesterId, pasid: Option<u32>, address: u64, write: bool) -> Result<(), Fault> {
+        if self.gsts & gcmd::TE == 0 {
+            return Ok(());
+        }
+        let checked = (|| {
+            let root = self.root.ok_or((reason::ROOT_TABLE_ACCESS, false))?;
+            if (root >> super::regs::rtaddr::TTM_SHIFT) & 3 != 1 {
+                return Err((reason::SM_ROOT_TABLE_INVALID, false));
+            }
+            let ctx = match self.ctx_cache.get(&rid.0) {
+                Some(c) => *c,
+                None => {
+                    let c = self.scalable_context(root, rid)?;
+                    self.ctx_cache.insert(rid.0, c);
+                    c
+                }
+            };
+            match ctx {
+                CachedContext::Scalable { pre: true, .. } => Ok(()),
+                CachedContext::Scalable { fpd, .. } => Err((reason::SM_PRE_ABSENT, fpd)),
+                _ => Err((reason::SM_CONTEXT_INVALID, false)),
+            }
+        })();
+        checked.map_err(|(r, fpd)| {
+            let f = Fault { reason: r, source: rid, pasid, address, write, outcome: FaultOutcome::Suppressed };
+            self.record_fault(f, fpd)
         })
     }
 
