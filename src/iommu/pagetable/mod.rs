@@ -752,8 +752,46 @@ impl<F: PageTableFormat> IoPageTable<F> {
             changed: false,
             structural: false,
         };
-        let root = self.root_node();
-        let result = self.unmap_level(platform, root, self.levels, iova, len, &mut st, pending);
+        // Start at the deepest existing table whose one entry covers the whole range (above
+        // it the walk would only follow table entries), then prune back up the path the
+        // tables the unmap emptied, as `unmap_level` does for the tables it recurses into.
+        let last = iova + (len - 1);
+        let mut path: heapless::Vec<(Node, usize), 5> = heapless::Vec::new();
+        let mut node = self.root_node();
+        let mut level = self.levels;
+        // Bounded by the level count.
+        while level > 1 {
+            let size = level_size(level);
+            if iova & !(size - 1) != last & !(size - 1) {
+                break;
+            }
+            let idx = index(iova, level);
+            let Pte::Table(phys) = self.format.decode(load(node, idx), level) else { break };
+            let Some(table) = child(node, idx, phys) else { break };
+            if path.push((node, idx)).is_err() {
+                break;
+            }
+            node = table;
+            level -= 1;
+        }
+        let result = self.unmap_level(platform, node, level, iova, len, &mut st, pending);
+        if result.is_ok() {
+            // A table that stays (not empty, or the pending value is full) keeps its parents.
+            while let Some((parent, idx)) = path.pop() {
+                if pending.freed.len() >= MAX_FREED || !table_is_empty(node) {
+                    break;
+                }
+                let mut dirty = Dirty::NONE;
+                self.store(parent, idx, 0, &mut dirty);
+                clear_shadow(parent, idx);
+                self.release(node, level, pending);
+                st.changed = true;
+                st.structural = true;
+                self.sync(platform, parent, dirty);
+                node = parent;
+                level += 1;
+            }
+        }
         if st.changed {
             pending.add(st.inv_first, st.inv_last - st.inv_first + 1, !st.structural);
         }
