@@ -128,14 +128,7 @@ impl Bdf {
 #[cfg(feature = "defmt")]
 impl defmt::Format for Bdf {
     fn format(&self, f: defmt::Formatter<'_>) {
-        defmt::write!(
-            f,
-            "{=u16:04x}:{=u8:02x}:{=u8:02x}.{=u8}",
-            self.segment,
-            self.bus,
-            self.dev(),
-            self.func()
-        )
+        defmt::write!(f, "{=u16:04x}:{=u8:02x}:{=u8:02x}.{=u8}", self.segment, self.bus, self.dev(), self.func())
     }
 }
 
@@ -161,13 +154,7 @@ pub struct RequesterId(pub u16);
 #[cfg(feature = "defmt")]
 impl defmt::Format for RequesterId {
     fn format(&self, f: defmt::Formatter<'_>) {
-        defmt::write!(
-            f,
-            "{=u8:02x}:{=u8:02x}.{=u8}",
-            self.bus(),
-            self.devfn() >> 3,
-            self.devfn() & 7
-        )
+        defmt::write!(f, "{=u8:02x}:{=u8:02x}.{=u8}", self.bus(), self.devfn() >> 3, self.devfn() & 7)
     }
 }
 

@@ -558,15 +558,12 @@ mod corpus {
         let walk = std::fs::read(dir.join("acpi_walk/qemu-q35-intel-iommu")).unwrap();
         let map = |phys: crate::PhysAddr, len: usize| {
             let s = usize::try_from(phys.0 - 0x1000).unwrap();
-            walk.get(s..s + len)
-                .ok_or(crate::Error::MmioUnavailable { base: phys.0, size: len as u64 })
+            walk.get(s..s + len).ok_or(crate::Error::MmioUnavailable { base: phys.0, size: len as u64 })
         };
         let tables = crate::firmware::acpi::AcpiTables::new(crate::PhysAddr(0x1000), map).unwrap();
         let dmar = crate::firmware::acpi::Dmar::parse(tables.find(b"DMAR").unwrap()).unwrap();
         assert!(dmar.structures().all(|s| s.is_ok()));
-        let cfg = super::FuzzConfig::new(
-            &[&[1u8][..], &std::fs::read(dir.join("capabilities/qemu-igb")).unwrap()].concat(),
-        );
+        let cfg = super::FuzzConfig::new(&[&[1u8][..], &std::fs::read(dir.join("capabilities/qemu-igb")).unwrap()].concat());
         let (caps, _) = crate::pci::caps::collect(&cfg, crate::Bdf::default()).unwrap();
         assert!(caps.sriov != 0 && caps.ari != 0 && caps.pcie != 0, "{caps:?}");
         // The VT-d register window gets through `Unit::new` and its one fault is drained.

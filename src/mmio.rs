@@ -104,10 +104,7 @@ impl MmioRegion {
     fn check<T>(&self, offset: usize) -> Result<NonNull<u8>> {
         let width = size_of::<T>();
         let in_bounds = offset.checked_add(width).is_some_and(|end| end <= self.len);
-        if !in_bounds
-            || !offset.is_multiple_of(width)
-            || !(self.base.as_ptr() as usize).is_multiple_of(width)
-        {
+        if !in_bounds || !offset.is_multiple_of(width) || !(self.base.as_ptr() as usize).is_multiple_of(width) {
             return Err(Error::MmioOutOfRange { offset, width, len: self.len });
         }
         // SAFETY: `offset + width <= len`, so the result stays inside the mapping.

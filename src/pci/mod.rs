@@ -26,6 +26,4 @@ pub use alias::{Alias, AliasReason};
 pub use config::{AccessCounts, ConfigAccess};
 pub use ecam::{Ecam, EcamSet, EcamWindow, FunctionId, class_name};
 pub use groups::{DomainId, GroupAttachments, GroupId, Groups};
-pub use topology::{
-    Acs, Bar, BarKind, BusRange, Capabilities, Function, FunctionIndex, FunctionKind, Topology,
-};
+pub use topology::{Acs, Bar, BarKind, BusRange, Capabilities, Function, FunctionIndex, FunctionKind, Topology};

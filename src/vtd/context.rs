@@ -185,12 +185,7 @@ impl ScalableContextEntry {
             });
         }
         let paside = if ecap.pasid() { 1 << 3 } else { 0 };
-        Ok(Self([
-            directory.0 | u64::from(pdts) << 9 | paside | 1,
-            u64::from(rid_pasid.get()),
-            0,
-            0,
-        ]))
+        Ok(Self([directory.0 | u64::from(pdts) << 9 | paside | 1, u64::from(rid_pasid.get()), 0, 0]))
     }
 
     /// P.

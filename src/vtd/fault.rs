@@ -178,10 +178,7 @@ mod tests {
     /// include/linux/dmar.h / iommu.h): the dword at +12 carries F (bit 31), T (bit 30),
     /// PV (bits 27:8) and FR (bits 7:0); the dword at +8 carries PP (bit 31) and SID (15:0).
     fn from_dwords(d0: u32, d1: u32, d2: u32, d3: u32) -> Option<FaultRecord> {
-        FaultRecord::decode(
-            u64::from(d0) | u64::from(d1) << 32,
-            u64::from(d2) | u64::from(d3) << 32,
-        )
+        FaultRecord::decode(u64::from(d0) | u64::from(d1) << 32, u64::from(d2) | u64::from(d3) << 32)
     }
 
     #[test]

@@ -173,20 +173,14 @@ impl Capability {
     pub fn validate(self, register_set_size: usize) -> Result<()> {
         self.domains()?;
         if self.sagaw() & 0b01110 == 0 {
-            return Err(Error::Hardware {
-                what: "VT-d CAP.SAGAW (no 3/4/5-level support)",
-                value: u64::from(self.sagaw()),
-            });
+            return Err(Error::Hardware { what: "VT-d CAP.SAGAW (no 3/4/5-level support)", value: u64::from(self.sagaw()) });
         }
         if !(30..=57).contains(&self.mgaw()) {
             return Err(Error::Hardware { what: "VT-d CAP.MGAW", value: u64::from(self.mgaw()) });
         }
         let end = self.fault_recording_offset() + self.fault_recording_count() * 16;
         if self.fault_recording_offset() == 0 || end > register_set_size {
-            return Err(Error::Hardware {
-                what: "VT-d CAP.FRO/NFR (outside the register set)",
-                value: self.0,
-            });
+            return Err(Error::Hardware { what: "VT-d CAP.FRO/NFR (outside the register set)", value: self.0 });
         }
         Ok(())
     }
@@ -309,10 +303,7 @@ impl ExtendedCapability {
     pub fn validate(self, register_set_size: usize) -> Result<()> {
         let iro = self.iotlb_offset();
         if iro == 0 || iro + 16 > register_set_size {
-            return Err(Error::Hardware {
-                what: "VT-d ECAP.IRO (outside the register set)",
-                value: self.0,
-            });
+            return Err(Error::Hardware { what: "VT-d ECAP.IRO (outside the register set)", value: self.0 });
         }
         Ok(())
     }
@@ -421,9 +412,7 @@ mod tests {
         assert_eq!(legacy.mhmv(), 15);
         assert_eq!(legacy.validate(0x230), Ok(()));
         let scalable_sl = ExtendedCapability(0x0000_4800_80f0_0f4a);
-        assert!(
-            scalable_sl.smts() && scalable_sl.slts() && scalable_sl.srs() && !scalable_sl.flts()
-        );
+        assert!(scalable_sl.smts() && scalable_sl.slts() && scalable_sl.srs() && !scalable_sl.flts());
         let scalable_fl = ExtendedCapability(0x0000_8900_00f0_0f4a);
         assert!(scalable_fl.smts() && scalable_fl.flts() && scalable_fl.pasid());
         assert!(!scalable_fl.slts() && !scalable_fl.srs() && !scalable_fl.prs());
@@ -438,10 +427,7 @@ mod tests {
         let cap = Capability(0x00d2_008f_ff2f_0606);
         assert!(matches!(cap.validate(0x1000), Err(Error::Hardware { .. })));
         // ND = 7 is reserved.
-        assert!(matches!(
-            Capability(0x00d2_008c_222f_0607).domains(),
-            Err(Error::Hardware { value: 7, .. })
-        ));
+        assert!(matches!(Capability(0x00d2_008c_222f_0607).domains(), Err(Error::Hardware { value: 7, .. })));
         // No supported second-stage width.
         assert!(Capability(0x00d2_008c_222f_0006).validate(0x1000).is_err());
         // IRO pointing past the register set.

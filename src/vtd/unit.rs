@@ -5,22 +5,19 @@ use core::time::Duration;
 
 use crate::addr::{Bdf, Pasid, PhysAddr};
 use crate::error::{Error, Result};
-use crate::hal::{Platform, poll};
+use crate::hal::{poll, Platform};
 use crate::iommu::PendingInvalidation;
 use crate::mmio::MmioRegion;
 
 use super::context::{
-    ContextTables, DomainIds, LegacyContextEntry, ScalableContextEntry, TableInvalidation,
-    legacy_context_invalidation, scalable_context_invalidation,
+    legacy_context_invalidation, scalable_context_invalidation, ContextTables, DomainIds, LegacyContextEntry,
+    ScalableContextEntry, TableInvalidation,
 };
 use super::descriptor::{self as desc, ContextCacheScope, Drain, PasidCacheScope};
 use super::fault::{FaultRecord, FaultStatus};
-use super::pasid::{
-    DIRECTORY_PDTS, Directory, PasidEntry, PasidTranslation, check_pasid, pasid_entry_invalidation,
-    pgtt,
-};
-use super::qi::{DescriptorWidth, FlushScope, InvalidationQueue, leak};
-use super::regs::{Capability, ExtendedCapability, Version, offset};
+use super::pasid::{check_pasid, pasid_entry_invalidation, pgtt, Directory, PasidEntry, PasidTranslation, DIRECTORY_PDTS};
+use super::qi::{leak, DescriptorWidth, FlushScope, InvalidationQueue};
+use super::regs::{offset, Capability, ExtendedCapability, Version};
 
 /// GCMD/GSTS bits (§11.4.4, §11.4.5): the command bit and its status bit share a position.
 #[allow(missing_docs, reason = "bit names from the specification")]
@@ -95,20 +92,14 @@ impl Unit {
         let regs = unsafe { MmioRegion::new(ptr, register_set_size) };
         let version = Version(regs.read32(offset::VER));
         if regs.read32(offset::VER) == u32::MAX {
-            return Err(Error::Hardware {
-                what: "VT-d VER (all-ones: nothing answers)",
-                value: base.0,
-            });
+            return Err(Error::Hardware { what: "VT-d VER (all-ones: nothing answers)", value: base.0 });
         }
         let cap = Capability(regs.read64(offset::CAP));
         let ecap = ExtendedCapability(regs.read64(offset::ECAP));
         cap.validate(register_set_size)?;
         ecap.validate(register_set_size)?;
         if mode == TableMode::Scalable && !ecap.smts() {
-            return Err(Error::Hardware {
-                what: "VT-d ECAP.SMTS (scalable mode asked, not offered)",
-                value: ecap.0,
-            });
+            return Err(Error::Hardware { what: "VT-d ECAP.SMTS (scalable mode asked, not offered)", value: ecap.0 });
         }
         // One page: 256 root entries of 16 bytes (§9.1), zeroed, so nothing is present (and
         // its CPU-only shadow page, see `context`).
@@ -133,10 +124,7 @@ impl Unit {
         // SAFETY: `Platform::map_mmio` returns a device mapping of exactly this range.
         let regs = unsafe { MmioRegion::new(ptr, register_set_size) };
         if regs.read32(offset::VER) == u32::MAX {
-            return Err(Error::Hardware {
-                what: "VT-d VER (all-ones: nothing answers)",
-                value: base.0,
-            });
+            return Err(Error::Hardware { what: "VT-d VER (all-ones: nothing answers)", value: base.0 });
         }
         let cap = Capability(regs.read64(offset::CAP));
         let ecap = ExtendedCapability(regs.read64(offset::ECAP));
@@ -181,15 +169,7 @@ impl Unit {
     }
 
     /// Issues one GCMD command and waits, bounded, for GSTS to show `expect` under `mask`.
-    fn command<P: Platform + ?Sized>(
-        &self,
-        platform: &P,
-        set: u32,
-        clear: u32,
-        what: &'static str,
-        mask: u32,
-        expect: u32,
-    ) -> Result<()> {
+    fn command<P: Platform + ?Sized>(&self, platform: &P, set: u32, clear: u32, what: &'static str, mask: u32, expect: u32) -> Result<()> {
         let gcmd = (self.status() & gsts::PERSISTENT & !clear) | set;
         // GCMD is a 32-bit register: an 8-byte write would also hit GSTS (QEMU aborts on it).
         self.regs.write32(offset::GCMD, gcmd);
@@ -228,44 +208,26 @@ impl Unit {
     /// based invalidation is not implemented). Enabling an enabled queue does nothing.
     ///
     /// A queue left enabled by firmware is first drained (bounded) and disabled.
-    pub fn enable_queued_invalidation<P: Platform + ?Sized>(
-        &mut self,
-        platform: &P,
-        entries: usize,
-    ) -> Result<()> {
+    pub fn enable_queued_invalidation<P: Platform + ?Sized>(&mut self, platform: &P, entries: usize) -> Result<()> {
         if self.queue.is_some() {
             return Ok(());
         }
         if !self.ecap.qi() {
-            return Err(Error::Unsupported {
-                what: "VT-d ECAP.QI (queued invalidation)",
-                value: self.ecap.0,
-            });
+            return Err(Error::Unsupported { what: "VT-d ECAP.QI (queued invalidation)", value: self.ecap.0 });
         }
         if self.status() & gsts::QIES != 0 {
             // Disabling QIE needs an idle queue (QEMU: head == tail after a wait).
-            poll(
-                platform,
-                "VT-d IQH == IQT before disabling firmware's queue",
-                COMMAND_TIMEOUT,
-                || (self.regs.read64(offset::IQH) == self.regs.read64(offset::IQT)).then_some(()),
-            )?;
-            self.command(
-                platform,
-                0,
-                gsts::QIES,
-                "VT-d GSTS.QIES clear after QIE=0",
-                gsts::QIES,
-                0,
-            )?;
+            poll(platform, "VT-d IQH == IQT before disabling firmware's queue", COMMAND_TIMEOUT, || {
+                (self.regs.read64(offset::IQH) == self.regs.read64(offset::IQT)).then_some(())
+            })?;
+            self.command(platform, 0, gsts::QIES, "VT-d GSTS.QIES clear after QIE=0", gsts::QIES, 0)?;
         }
         let width = match self.mode {
             TableMode::Legacy => DescriptorWidth::Bits128,
             TableMode::Scalable => DescriptorWidth::Bits256,
         };
         let regs = self.regs.subregion(0, self.regs.len())?;
-        let mut queue =
-            InvalidationQueue::new(platform, regs, self.cap, self.ecap, entries, width)?;
+        let mut queue = InvalidationQueue::new(platform, regs, self.cap, self.ecap, entries, width)?;
         self.regs.write64(offset::IQT, 0);
         self.regs.write64(offset::IQA, queue.iqa());
         // On a timeout the unit may still take the queue up later: the queue's pages are then
@@ -293,14 +255,8 @@ impl Unit {
     /// value names a domain ID this unit did not allocate (a page table whose
     /// `set_domain` was forgotten would otherwise flush DID 0), the pages are leaked and the
     /// call fails.
-    pub fn flush<P: Platform + ?Sized>(
-        &mut self,
-        platform: &P,
-        pending: PendingInvalidation,
-        scope: FlushScope,
-    ) -> Result<()> {
-        let allocated =
-            u16::try_from(pending.domain).is_ok_and(|did| self.domains.is_allocated(did));
+    pub fn flush<P: Platform + ?Sized>(&mut self, platform: &P, pending: PendingInvalidation, scope: FlushScope) -> Result<()> {
+        let allocated = u16::try_from(pending.domain).is_ok_and(|did| self.domains.is_allocated(did));
         if !allocated && !pending.is_empty() {
             let did = pending.domain;
             leak(pending);
@@ -316,11 +272,7 @@ impl Unit {
     }
 
     /// Issues the invalidations a context or PASID entry change owes, as one batch.
-    pub fn flush_tables<P: Platform + ?Sized>(
-        &mut self,
-        platform: &P,
-        invalidation: TableInvalidation,
-    ) -> Result<()> {
+    pub fn flush_tables<P: Platform + ?Sized>(&mut self, platform: &P, invalidation: TableInvalidation) -> Result<()> {
         let descriptors = invalidation.take();
         if descriptors.is_empty() {
             return Ok(());
@@ -368,14 +320,7 @@ impl Unit {
     /// unless the unit caches not-present entries (CAP.CM), when it is a device-selective
     /// context-cache invalidation for DID 0 and a domain-selective IOTLB invalidation (as Linux
     /// does).
-    pub fn attach_legacy<P: Platform + ?Sized>(
-        &mut self,
-        platform: &P,
-        bdf: Bdf,
-        did: u16,
-        root: PhysAddr,
-        levels: u8,
-    ) -> Result<TableInvalidation> {
+    pub fn attach_legacy<P: Platform + ?Sized>(&mut self, platform: &P, bdf: Bdf, did: u16, root: PhysAddr, levels: u8) -> Result<TableInvalidation> {
         self.require_mode(TableMode::Legacy, "VT-d legacy context entry on a scalable-mode unit")?;
         self.domains.check(did)?;
         let entry = LegacyContextEntry::translated(root, levels, did, self.cap)?;
@@ -383,24 +328,14 @@ impl Unit {
     }
 
     /// Pass-through (legacy TT=2) for `bdf`, tagged with `did`; see [`Self::attach_legacy`].
-    pub fn attach_legacy_pass_through<P: Platform + ?Sized>(
-        &mut self,
-        platform: &P,
-        bdf: Bdf,
-        did: u16,
-    ) -> Result<TableInvalidation> {
+    pub fn attach_legacy_pass_through<P: Platform + ?Sized>(&mut self, platform: &P, bdf: Bdf, did: u16) -> Result<TableInvalidation> {
         self.require_mode(TableMode::Legacy, "VT-d legacy context entry on a scalable-mode unit")?;
         self.domains.check(did)?;
         let entry = LegacyContextEntry::pass_through(did, self.cap, self.ecap)?;
         self.install_legacy(platform, bdf, entry)
     }
 
-    fn install_legacy<P: Platform + ?Sized>(
-        &mut self,
-        platform: &P,
-        bdf: Bdf,
-        entry: LegacyContextEntry,
-    ) -> Result<TableInvalidation> {
+    fn install_legacy<P: Platform + ?Sized>(&mut self, platform: &P, bdf: Bdf, entry: LegacyContextEntry) -> Result<TableInvalidation> {
         let rid = bdf.routing_id();
         let current = self.tables.entry(rid);
         if current[0] == entry.lo && current[1] == entry.hi {
@@ -420,11 +355,7 @@ impl Unit {
         self.tables.write_legacy(platform, rid, entry)?;
         let mut owed = TableInvalidation::none();
         if self.cap.caching_mode() {
-            owed.push(desc::context_cache(ContextCacheScope::Device {
-                did: 0,
-                sid: rid,
-                function_mask: 0,
-            })?);
+            owed.push(desc::context_cache(ContextCacheScope::Device { did: 0, sid: rid, function_mask: 0 })?);
             owed.push(desc::iotlb_domain(entry.did(), Drain::supported(self.cap)));
         }
         Ok(owed)
@@ -475,15 +406,10 @@ impl Unit {
         }
         let mut owed = TableInvalidation::none();
         if self.tables.entry(rid)[0] & 1 == 0 {
-            let ce =
-                ScalableContextEntry::new(dir.phys(), DIRECTORY_PDTS, Pasid::new(0)?, self.ecap)?;
+            let ce = ScalableContextEntry::new(dir.phys(), DIRECTORY_PDTS, Pasid::new(0)?, self.ecap)?;
             self.tables.write_scalable(platform, rid, ce)?;
             if self.cap.caching_mode() {
-                owed.push(desc::context_cache(ContextCacheScope::Device {
-                    did: 0,
-                    sid: rid,
-                    function_mask: 0,
-                })?);
+                owed.push(desc::context_cache(ContextCacheScope::Device { did: 0, sid: rid, function_mask: 0 })?);
             }
         }
         if self.cap.caching_mode() && current != entry {
@@ -499,12 +425,7 @@ impl Unit {
     /// Clears the PASID entry `pasid` of `bdf` (scalable mode). The returned value (PASID-cache,
     /// then PASID-IOTLB or IOTLB invalidation of the old DID) must be flushed before the old
     /// translation is known to be gone.
-    pub fn detach_pasid<P: Platform + ?Sized>(
-        &mut self,
-        platform: &P,
-        bdf: Bdf,
-        pasid: Pasid,
-    ) -> Result<TableInvalidation> {
+    pub fn detach_pasid<P: Platform + ?Sized>(&mut self, platform: &P, bdf: Bdf, pasid: Pasid) -> Result<TableInvalidation> {
         self.require_mode(TableMode::Scalable, "VT-d PASID entry on a legacy-mode unit")?;
         check_pasid(pasid)?;
         let rid = bdf.routing_id();
@@ -524,21 +445,13 @@ impl Unit {
     /// DID; scalable mode a device-selective context-cache, a global PASID-cache and a global
     /// IOTLB invalidation (the driver does not track every DID the PASID entries used). PASID
     /// entries stay as they are, for a later [`Self::attach_pasid`].
-    pub fn detach<P: Platform + ?Sized>(
-        &mut self,
-        platform: &P,
-        bdf: Bdf,
-    ) -> Result<TableInvalidation> {
+    pub fn detach<P: Platform + ?Sized>(&mut self, platform: &P, bdf: Bdf) -> Result<TableInvalidation> {
         let rid = bdf.routing_id();
         let Some(old) = self.tables.clear(platform, rid) else {
             return Ok(TableInvalidation::none());
         };
         match self.mode {
-            TableMode::Legacy => legacy_context_invalidation(
-                LegacyContextEntry { lo: old[0], hi: old[1] }.did(),
-                rid,
-                self.cap,
-            ),
+            TableMode::Legacy => legacy_context_invalidation(LegacyContextEntry { lo: old[0], hi: old[1] }.did(), rid, self.cap),
             TableMode::Scalable => scalable_context_invalidation(rid, self.cap),
         }
     }
@@ -663,11 +576,7 @@ mod tests {
         regs[offset::VER / 8] = 0x10;
         regs[offset::CAP / 8] = 0x00d2_008c_222f_0606;
         regs[offset::ECAP / 8] = 0x0000_0000_00f0_0f4a;
-        let p = DeadUnit {
-            regs: RefCell::new(regs),
-            pages: RefCell::new(Vec::new()),
-            now: Cell::new(0),
-        };
+        let p = DeadUnit { regs: RefCell::new(regs), pages: RefCell::new(Vec::new()), now: Cell::new(0) };
         let err = Unit::new(&p, PhysAddr(0xfed9_0000), 0x230, TableMode::Legacy).unwrap_err();
         assert_eq!(err, Error::Timeout { what: "VT-d GSTS.RTPS after SRTP", waited_us: 1_000_000 });
         // The root table address was written before the command, in legacy mode.
@@ -687,11 +596,7 @@ mod tests {
         regs[offset::VER / 8] = 0x10;
         regs[offset::CAP / 8] = 0x00d2_008c_222f_0606;
         regs[offset::ECAP / 8] = 0x0000_0000_00f0_0f4a;
-        let p = DeadUnit {
-            regs: RefCell::new(regs),
-            pages: RefCell::new(Vec::new()),
-            now: Cell::new(0),
-        };
+        let p = DeadUnit { regs: RefCell::new(regs), pages: RefCell::new(Vec::new()), now: Cell::new(0) };
         let err = Unit::new(&p, PhysAddr(0xfed9_0000), 0x230, TableMode::Scalable).unwrap_err();
         assert!(matches!(err, Error::Hardware { what, .. } if what.contains("SMTS")));
     }

@@ -98,9 +98,7 @@ impl Memory {
 
     /// Empty memory whose allocations start at `base` (page aligned).
     pub fn with_base(base: u64) -> Self {
-        Self {
-            inner: Rc::new(RefCell::new(Inner { regions: BTreeMap::new(), next: base & !0xfff })),
-        }
+        Self { inner: Rc::new(RefCell::new(Inner { regions: BTreeMap::new(), next: base & !0xfff })) }
     }
 
     /// Allocates `len` zeroed bytes (rounded up to pages) at a physical address aligned to
@@ -301,9 +299,7 @@ unsafe impl Platform for SimPlatform {
     }
 
     fn map_firmware(&self, base: PhysAddr, size: usize) -> Result<NonNull<u8>> {
-        self.memory
-            .host_ptr(base.0, size)
-            .ok_or(Error::MmioUnavailable { base: base.0, size: size as u64 })
+        self.memory.host_ptr(base.0, size).ok_or(Error::MmioUnavailable { base: base.0, size: size as u64 })
     }
 
     fn write_barrier(&self) {

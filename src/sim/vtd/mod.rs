@@ -77,13 +77,11 @@ use std::rc::Rc;
 use std::vec::Vec;
 
 pub use memory::{Memory, SimPlatform, SimUnit};
-pub use prq::{
-    InjectOutcome, PageRequestDescriptor, PageResponse, ResponseProblem, ResponseSource,
-};
 pub use qi::{
     CcGranularity, Descriptor, IotlbGranularity, LoggedDescriptor, PasidCacheGranularity,
     PasidIotlbGranularity, Source,
 };
+pub use prq::{InjectOutcome, PageRequestDescriptor, PageResponse, ResponseProblem, ResponseSource};
 pub use regs::Config;
 pub use walk::{Translation, TranslationKind};
 
@@ -387,14 +385,10 @@ impl RemappingUnit {
     pub fn new(memory: &Memory, config: Config) -> Self {
         let window = Window::new(config.register_size);
         let size = window.dwords * 4;
-        assert!(
-            config.fro() >= 0xf0 && config.fro() + config.nfr() * 16 <= size,
-            "CAP.FRO/NFR outside the window"
-        );
+        assert!(config.fro() >= 0xf0 && config.fro() + config.nfr() * 16 <= size, "CAP.FRO/NFR outside the window");
         assert!(config.iro() >= 0xf0 && config.iro() + 16 <= size, "ECAP.IRO outside the window");
         let nfr = config.nfr();
-        let active =
-            (config.fro() + nfr * 16).max(config.iro() + 16).max(0x100).next_multiple_of(8) / 4;
+        let active = (config.fro() + nfr * 16).max(config.iro() + 16).max(0x100).next_multiple_of(8) / 4;
         let mut inner = Inner {
             active,
             mem: memory.clone(),
@@ -558,9 +552,7 @@ impl RemappingUnit {
             .borrow()
             .frcd
             .iter()
-            .map(|d| {
-                (u64::from(d[0]) | u64::from(d[1]) << 32, u64::from(d[2]) | u64::from(d[3]) << 32)
-            })
+            .map(|d| (u64::from(d[0]) | u64::from(d[1]) << 32, u64::from(d[2]) | u64::from(d[3]) << 32))
             .collect()
     }
 
@@ -620,13 +612,7 @@ impl RemappingUnit {
     /// The unit is stepped first (so register writes not yet processed take effect before the
     /// request, and are not lost) and its registers are published after, so a fault is
     /// visible in FSTS and the recording registers at once.
-    pub fn translate(
-        &self,
-        rid: RequesterId,
-        pasid: Option<u32>,
-        iova: u64,
-        write: bool,
-    ) -> Result<Translation, Fault> {
+    pub fn translate(&self, rid: RequesterId, pasid: Option<u32>, iova: u64, write: bool) -> Result<Translation, Fault> {
         let mut i = self.inner.borrow_mut();
         i.step();
         let t = i.translate(rid, pasid, iova, write);
@@ -637,26 +623,12 @@ impl RemappingUnit {
     /// A device's DMA write of `data` at `iova`, page by page through [`translate`](Self::translate),
     /// into [`Memory`]. Stops at the first fault. A translated address outside `Memory` is
     /// reported as `Ok(false)` (the bytes go nowhere, as to unbacked memory).
-    pub fn dma_write(
-        &self,
-        rid: RequesterId,
-        pasid: Option<u32>,
-        iova: u64,
-        data: &[u8],
-    ) -> Result<bool, Fault> {
-        self.dma(rid, pasid, iova, data.len(), true, |mem, phys, range| {
-            mem.write(phys, &data[range])
-        })
+    pub fn dma_write(&self, rid: RequesterId, pasid: Option<u32>, iova: u64, data: &[u8]) -> Result<bool, Fault> {
+        self.dma(rid, pasid, iova, data.len(), true, |mem, phys, range| mem.write(phys, &data[range]))
     }
 
     /// A device's DMA read into `buf` from `iova`; see [`dma_write`](Self::dma_write).
-    pub fn dma_read(
-        &self,
-        rid: RequesterId,
-        pasid: Option<u32>,
-        iova: u64,
-        buf: &mut [u8],
-    ) -> Result<bool, Fault> {
+    pub fn dma_read(&self, rid: RequesterId, pasid: Option<u32>, iova: u64, buf: &mut [u8]) -> Result<bool, Fault> {
         let len = buf.len();
         self.dma(rid, pasid, iova, len, false, |mem, phys, range| mem.read(phys, &mut buf[range]))
     }
@@ -827,18 +799,12 @@ impl Inner {
             } else if o % 8 == 4 && Self::is_register32(o - 4) {
                 // GCMD/GSTS: the 32-bit register is the low half, its read-only neighbour high.
                 let low = self.window.read((o - 4) / 4);
-                self.errors.push(ModelError::WideWrite {
-                    offset: o - 4,
-                    value: u64::from(low) | u64::from(v) << 32,
-                });
+                self.errors.push(ModelError::WideWrite { offset: o - 4, value: u64::from(low) | u64::from(v) << 32 });
             } else if o.is_multiple_of(8) && Self::is_register32(o + 4) {
                 // FSTS, PMEN, ICS: a reserved dword below the 32-bit register (0x30, 0x60,
                 // 0x98); the register's own dword was applied as a 32-bit write.
                 let high = self.window.read((o + 4) / 4);
-                self.errors.push(ModelError::WideWrite {
-                    offset: o + 4,
-                    value: u64::from(v) | u64::from(high) << 32,
-                });
+                self.errors.push(ModelError::WideWrite { offset: o + 4, value: u64::from(v) | u64::from(high) << 32 });
             } else {
                 self.errors.push(ModelError::ReadOnlyWrite { offset: o, value: v });
             }
@@ -945,8 +911,7 @@ impl Inner {
         }
         if v & gcmd::SRTP != 0 {
             let ttm = (self.rtaddr >> regs::rtaddr::TTM_SHIFT) & 3;
-            let ok = ttm == regs::rtaddr::TTM_LEGACY
-                || (ttm == regs::rtaddr::TTM_SCALABLE && self.cfg.smts());
+            let ok = ttm == regs::rtaddr::TTM_LEGACY || (ttm == regs::rtaddr::TTM_SCALABLE && self.cfg.smts());
             if !ok {
                 self.errors.push(ModelError::InvalidTableMode { rtaddr: self.rtaddr });
             }
@@ -979,10 +944,7 @@ impl Inner {
                 }
             } else {
                 if self.iqh != self.iqt {
-                    self.errors.push(ModelError::QueueDisabledWhileBusy {
-                        head: self.iqh,
-                        tail: self.iqt,
-                    });
+                    self.errors.push(ModelError::QueueDisabledWhileBusy { head: self.iqh, tail: self.iqt });
                 }
                 self.gsts &= !gcmd::QIE;
                 // §11.4.16: IQH resets to 0 when queued invalidation is disabled.
@@ -1033,19 +995,14 @@ impl Inner {
                     fm: ((self.ccmd >> 32) & 3) as u8,
                 };
                 self.execute(&d);
-                self.log.push(LoggedDescriptor {
-                    source: Source::Register,
-                    raw: [self.ccmd, 0, 0, 0],
-                    descriptor: d,
-                });
+                self.log.push(LoggedDescriptor { source: Source::Register, raw: [self.ccmd, 0, 0, 0], descriptor: d });
                 self.ccmd = (self.ccmd & !(3 << ccmd::CAIG_SHIFT)) | cirg << ccmd::CAIG_SHIFT;
             }
             self.ccmd &= !ccmd::ICC;
         }
         if self.iotlb_reg & iotlb::IVT != 0 {
             if qi_on {
-                self.errors
-                    .push(ModelError::RegisterInvalidationWithQueue { offset: self.cfg.iro() + 8 });
+                self.errors.push(ModelError::RegisterInvalidationWithQueue { offset: self.cfg.iro() + 8 });
             } else {
                 let iirg = (self.iotlb_reg >> iotlb::IIRG_SHIFT) & 3;
                 // CAST: fields masked to their widths.
@@ -1059,13 +1016,8 @@ impl Inner {
                     drain_writes: self.iotlb_reg & (1 << 48) != 0,
                 };
                 self.execute(&d);
-                self.log.push(LoggedDescriptor {
-                    source: Source::Register,
-                    raw: [self.iotlb_reg, self.iva, 0, 0],
-                    descriptor: d,
-                });
-                self.iotlb_reg =
-                    (self.iotlb_reg & !(3 << iotlb::IAIG_SHIFT)) | iirg << iotlb::IAIG_SHIFT;
+                self.log.push(LoggedDescriptor { source: Source::Register, raw: [self.iotlb_reg, self.iva, 0, 0], descriptor: d });
+                self.iotlb_reg = (self.iotlb_reg & !(3 << iotlb::IAIG_SHIFT)) | iirg << iotlb::IAIG_SHIFT;
             }
             self.iotlb_reg &= !iotlb::IVT;
         }
@@ -1143,10 +1095,7 @@ impl Inner {
                 (f.address & !0xfff) as u32,
                 (f.address >> 32) as u32,
                 pp | u32::from(sid),
-                regs::frcd::F
-                    | if f.write { 0 } else { regs::frcd::T1 }
-                    | pv << regs::frcd::PV_SHIFT
-                    | u32::from(f.reason),
+                regs::frcd::F | if f.write { 0 } else { regs::frcd::T1 } | pv << regs::frcd::PV_SHIFT | u32::from(f.reason),
             ];
             self.fault_next = (i + 1) % self.frcd.len();
             if self.fsts & fsts::PPF == 0 {

@@ -283,17 +283,11 @@ impl Inner {
                 }
             }
             0x2 => {
-                Self::check_reserved(
-                    lo,
-                    bits(8, 8) | bits(15, 12) | bits(63, 32),
-                    hi,
-                    bits(11, 7),
-                )?;
+                Self::check_reserved(lo, bits(8, 8) | bits(15, 12) | bits(63, 32), hi, bits(11, 7))?;
                 let granularity = IotlbGranularity::from_bits(field(lo, 4, 2));
                 let am = field(hi, 0, 6) as u8;
                 if granularity == IotlbGranularity::Reserved
-                    || (granularity == IotlbGranularity::Page
-                        && (!self.cfg.psi() || u64::from(am) > self.cfg.mamv()))
+                    || (granularity == IotlbGranularity::Page && (!self.cfg.psi() || u64::from(am) > self.cfg.mamv()))
                 {
                     return Err(Bad::Iqe(iqei::DESCRIPTOR));
                 }
@@ -311,12 +305,7 @@ impl Inner {
                 if !self.cfg.dt() {
                     return Err(Bad::Iqe(iqei::DESCRIPTOR));
                 }
-                Self::check_reserved(
-                    lo,
-                    bits(8, 4) | bits(31, 21) | bits(51, 48),
-                    hi,
-                    bits(11, 1),
-                )?;
+                Self::check_reserved(lo, bits(8, 4) | bits(31, 21) | bits(51, 48), hi, bits(11, 1))?;
                 Descriptor::DeviceTlb {
                     sid: field(lo, 32, 16) as u16,
                     pfsid: pfsid(lo),
@@ -352,12 +341,7 @@ impl Inner {
                 }
             }
             0x6 => {
-                Self::check_reserved(
-                    lo,
-                    bits(8, 6) | bits(15, 12) | bits(63, 52),
-                    hi,
-                    bits(11, 7),
-                )?;
+                Self::check_reserved(lo, bits(8, 6) | bits(15, 12) | bits(63, 52), hi, bits(11, 7))?;
                 let granularity = match field(lo, 4, 2) {
                     2 => PasidIotlbGranularity::Pasid,
                     3 => PasidIotlbGranularity::Page,
@@ -436,10 +420,7 @@ impl Inner {
         }
         // DW is reserved without ECAP.SMTS (§11.4.18): such a queue runs with 128-bit
         // descriptors, and the write is reported.
-        if self.iqa & iqa::DW != 0
-            && !self.cfg.smts()
-            && !self.errors.contains(&ModelError::WideQueueWithoutSmts)
-        {
+        if self.iqa & iqa::DW != 0 && !self.cfg.smts() && !self.errors.contains(&ModelError::WideQueueWithoutSmts) {
             self.errors.push(ModelError::WideQueueWithoutSmts);
         }
         let wide = self.iqa & iqa::DW != 0 && self.cfg.smts();
@@ -489,31 +470,11 @@ impl Inner {
                 self.stalled = true;
                 return;
             }
-            if let Descriptor::PageGroupResponse {
-                rid,
-                pasid,
-                private_present,
-                response,
-                index: prgi,
-                private,
-                ..
-            } = d
-            {
-                self.page_group_response(
-                    index,
-                    rid,
-                    pasid,
-                    response,
-                    prgi,
-                    private_present.then_some(private),
-                );
+            if let Descriptor::PageGroupResponse { rid, pasid, private_present, response, index: prgi, private, .. } = d {
+                self.page_group_response(index, rid, pasid, response, prgi, private_present.then_some(private));
             }
             let stop = self.execute(&d);
-            self.log.push(LoggedDescriptor {
-                source: super::Source::Queue(index),
-                raw: w,
-                descriptor: d,
-            });
+            self.log.push(LoggedDescriptor { source: super::Source::Queue(index), raw: w, descriptor: d });
             head = (head + 1) % entries;
             self.iqh = head << shift;
             if stop {
@@ -556,9 +517,7 @@ impl Inner {
                     IotlbGranularity::Global => false,
                     // §6.5.2.3: in scalable mode the IOTLB descriptor covers second-stage and
                     // pass-through mappings; first-stage ones need PASID-based invalidation.
-                    IotlbGranularity::Domain => {
-                        e.did != did || e.kind == TranslationKind::FirstStage
-                    }
+                    IotlbGranularity::Domain => e.did != did || e.kind == TranslationKind::FirstStage,
                     IotlbGranularity::Page => {
                         e.did != did || e.kind == TranslationKind::FirstStage || !overlaps(e, range)
                     }
@@ -574,13 +533,11 @@ impl Inner {
                     }
                 });
             }
-            Descriptor::PasidCache { granularity, did, pasid } => {
-                self.pasid_cache.retain(|&(_, p), e| match granularity {
-                    PasidCacheGranularity::Global => false,
-                    PasidCacheGranularity::Domain => e.did != did,
-                    PasidCacheGranularity::Pasid => e.did != did || p != pasid,
-                })
-            }
+            Descriptor::PasidCache { granularity, did, pasid } => self.pasid_cache.retain(|&(_, p), e| match granularity {
+                PasidCacheGranularity::Global => false,
+                PasidCacheGranularity::Domain => e.did != did,
+                PasidCacheGranularity::Pasid => e.did != did || p != pasid,
+            }),
             Descriptor::DeviceTlb { .. } | Descriptor::PasidDeviceTlb { .. } => {
                 // IQERCD: ICESID is bits 63:48, ITESID bits 47:32 (VT-d §11.4.9.9; Linux
                 // DMAR_IQER_REG_ICESID / DMAR_IQER_REG_ITESID).

@@ -229,12 +229,7 @@ fn gcmd_misuse_is_recorded() {
     // Two commands in one write, and a read-modify-write of GCMD (reserved bits).
     f.gcmd(gcmd::SRTP | gcmd::IRE | gcmd::TE);
     let errs = f.unit.take_errors();
-    assert!(
-        errs.contains(&ModelError::GcmdMultipleCommands {
-            value: gcmd::SRTP | gcmd::IRE | gcmd::TE
-        }),
-        "{errs:?}"
-    );
+    assert!(errs.contains(&ModelError::GcmdMultipleCommands { value: gcmd::SRTP | gcmd::IRE | gcmd::TE }), "{errs:?}");
     let rmw = f.unit.read32(off::GCMD) | gcmd::QIE;
     f.gcmd(rmw);
     assert!(f.unit.take_errors().contains(&ModelError::GcmdReservedBits { value: rmw }));
@@ -256,17 +251,11 @@ fn eight_byte_write_to_gcmd_is_detected() {
     f.unit.write64(0x30, 0);
     f.unit.write64(0x30, 1 << 63 | 1);
     f.unit.step();
-    assert_eq!(
-        f.unit.take_errors(),
-        vec![ModelError::WideWrite { offset: off::FSTS, value: 1 << 63 | 1 }]
-    );
+    assert_eq!(f.unit.take_errors(), vec![ModelError::WideWrite { offset: off::FSTS, value: 1 << 63 | 1 }]);
     // A plain write to a read-only register.
     f.unit.write32(off::VER, 0x20);
     f.unit.step();
-    assert_eq!(
-        f.unit.take_errors(),
-        vec![ModelError::ReadOnlyWrite { offset: off::VER, value: 0x20 }]
-    );
+    assert_eq!(f.unit.take_errors(), vec![ModelError::ReadOnlyWrite { offset: off::VER, value: 0x20 }]);
     assert_eq!(f.unit.read32(off::VER), 0x10);
 }
 
@@ -301,10 +290,7 @@ fn the_driver_brings_the_unit_up_through_the_platform() {
 fn scalable_root_table_mode_needs_smts() {
     let f = Fix::new(Config::qemu_legacy());
     f.set_root(0x1000_0000 | 1 << 10);
-    assert_eq!(
-        f.unit.take_errors(),
-        vec![ModelError::InvalidTableMode { rtaddr: 0x1000_0000 | 1 << 10 }]
-    );
+    assert_eq!(f.unit.take_errors(), vec![ModelError::InvalidTableMode { rtaddr: 0x1000_0000 | 1 << 10 }]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -331,10 +317,7 @@ fn every_descriptor_type_is_processed_and_logged() {
     let log = f.unit.descriptors();
     assert_eq!(log.len(), 9, "{log:?}");
     assert_eq!(f.head(), 9 << 5);
-    assert_eq!(
-        log[0].descriptor,
-        Descriptor::ContextCache { granularity: CcGranularity::Domain, did: 7, sid: 0, fm: 0 }
-    );
+    assert_eq!(log[0].descriptor, Descriptor::ContextCache { granularity: CcGranularity::Domain, did: 7, sid: 0, fm: 0 });
     assert_eq!(
         log[1].descriptor,
         Descriptor::Iotlb {
@@ -347,40 +330,16 @@ fn every_descriptor_type_is_processed_and_logged() {
             drain_writes: false
         }
     );
-    assert_eq!(
-        log[2].descriptor,
-        Descriptor::DeviceTlb { sid: 0x10, pfsid: 0, qdep: 4, address: 0x4000, size: false }
-    );
-    assert_eq!(
-        log[3].descriptor,
-        Descriptor::InterruptEntryCache { selective: true, index: 5, im: 0 }
-    );
+    assert_eq!(log[2].descriptor, Descriptor::DeviceTlb { sid: 0x10, pfsid: 0, qdep: 4, address: 0x4000, size: false });
+    assert_eq!(log[3].descriptor, Descriptor::InterruptEntryCache { selective: true, index: 5, im: 0 });
     assert_eq!(
         log[4].descriptor,
-        Descriptor::PasidIotlb {
-            granularity: PasidIotlbGranularity::Pasid,
-            did: 7,
-            pasid: 5,
-            address: 0,
-            am: 0,
-            ih: false
-        }
+        Descriptor::PasidIotlb { granularity: PasidIotlbGranularity::Pasid, did: 7, pasid: 5, address: 0, am: 0, ih: false }
     );
-    assert_eq!(
-        log[5].descriptor,
-        Descriptor::PasidCache { granularity: PasidCacheGranularity::Pasid, did: 7, pasid: 5 }
-    );
+    assert_eq!(log[5].descriptor, Descriptor::PasidCache { granularity: PasidCacheGranularity::Pasid, did: 7, pasid: 5 });
     assert_eq!(
         log[6].descriptor,
-        Descriptor::PasidDeviceTlb {
-            sid: 0x10,
-            pfsid: 0,
-            qdep: 0,
-            pasid: 5,
-            global: true,
-            address: 0x8000,
-            size: false
-        }
+        Descriptor::PasidDeviceTlb { sid: 0x10, pfsid: 0, qdep: 0, pasid: 5, global: true, address: 0x8000, size: false }
     );
     assert_eq!(
         log[7].descriptor,
@@ -427,11 +386,7 @@ fn wait_with_if_raises_the_completion_event() {
     f.unit.step();
     assert_eq!(
         f.unit.interrupts(),
-        vec![Interrupt {
-            kind: InterruptKind::InvalidationCompletion,
-            address: 0xfee0_0000,
-            data: 0x41
-        }]
+        vec![Interrupt { kind: InterruptKind::InvalidationCompletion, address: 0xfee0_0000, data: 0x41 }]
     );
     // While IWC is set no new event is generated; clearing IWC (RW1C) re-arms it.
     f.submit(&[d2(0x5 | 1 << 4, 0)]);
@@ -450,10 +405,7 @@ fn wait_with_sw_and_if_or_neither_is_flagged_as_a_qemu_trap() {
     f.enable_qi(false);
     let page = f.mem.alloc_page().0;
     f.submit(&[d2(0x5 | 1 << 4 | 1 << 5 | 9 << 32, page), d2(0x5 | 1 << 6, 0)]);
-    assert_eq!(
-        f.unit.take_errors(),
-        vec![ModelError::WaitSwAndIf { index: 0 }, ModelError::WaitNeither { index: 1 }]
-    );
+    assert_eq!(f.unit.take_errors(), vec![ModelError::WaitSwAndIf { index: 0 }, ModelError::WaitNeither { index: 1 }]);
     // Both are valid per the specification: the status was written and the queue went on.
     assert_eq!(f.mem.read_u32(page), Some(9));
     assert_eq!(f.head(), 2 << 4);
@@ -512,10 +464,7 @@ fn iqe_raises_one_fault_event() {
     f.unit.write32(off::FECTL, 0);
     f.enable_qi(false);
     f.submit(&[d2(0xf, 0)]);
-    assert_eq!(
-        f.unit.interrupts(),
-        vec![Interrupt { kind: InterruptKind::Fault, address: 0, data: 0x55 }]
-    );
+    assert_eq!(f.unit.interrupts(), vec![Interrupt { kind: InterruptKind::Fault, address: 0, data: 0x55 }]);
 }
 
 #[test]
@@ -530,9 +479,7 @@ fn a_stalled_wait_never_writes_its_status_until_released() {
     f.submit(&[wait_sw(page, 1), wait_sw(page + 4, 2)]);
     assert!(unit.is_stalled());
     // A driver's bounded wait on the status times out though the platform keeps stepping.
-    let got = poll(&platform, "wait status", Duration::from_micros(50), || {
-        (f.mem.read_u32(page) == Some(1)).then_some(())
-    });
+    let got = poll(&platform, "wait status", Duration::from_micros(50), || (f.mem.read_u32(page) == Some(1)).then_some(()));
     assert!(got.is_err());
     assert_eq!(f.head(), 0);
     unit.release_stalled_wait();
@@ -595,10 +542,7 @@ fn legacy_three_and_four_level_walks() {
         ss_map(&f.mem, sl, levels, 0x4000_0000, 0x20_0000, RW, 2);
         f.enable(root);
         let t = f.unit.translate(dev, None, 0x234_5678, true).unwrap();
-        assert_eq!(
-            (t.phys, t.page_size, t.kind, t.did),
-            (0x7_7678, 0x1000, TranslationKind::SecondStage, Some(42))
-        );
+        assert_eq!((t.phys, t.page_size, t.kind, t.did), (0x7_7678, 0x1000, TranslationKind::SecondStage, Some(42)));
         let t = f.unit.translate(dev, None, 0x4012_3456, false).unwrap();
         assert_eq!((t.phys, t.page_size), (0x32_3456, 0x20_0000));
         assert_eq!(f.unit.translate(dev, None, 0x234_7000, false).unwrap().phys, 0x7_8000);
@@ -607,10 +551,7 @@ fn legacy_three_and_four_level_walks() {
         // Unmapped: R=W=0 reads as a permission fault, as QEMU reports too.
         f.unit.write32(0x22c, 1 << 31);
         f.unit.step();
-        assert_eq!(
-            f.unit.translate(rid(0, 2, 0), None, 0x900_0000, false).unwrap_err().reason,
-            reason::READ
-        );
+        assert_eq!(f.unit.translate(rid(0, 2, 0), None, 0x900_0000, false).unwrap_err().reason, reason::READ);
     }
 }
 
@@ -627,29 +568,14 @@ fn legacy_permissions_are_checked_at_every_level_and_width_is_bounded() {
     assert_eq!(f.unit.translate(dev, None, 0x1000, false).unwrap().phys, 0x5000);
     assert_eq!(f.unit.translate(dev, None, 0x1000, true).unwrap_err().reason, reason::WRITE);
     // 3-level tables translate 39 bits.
-    assert_eq!(
-        f.unit.translate(dev, None, 1 << 39, false).unwrap_err().reason,
-        reason::BEYOND_AGAW
-    );
+    assert_eq!(f.unit.translate(dev, None, 1 << 39, false).unwrap_err().reason, reason::BEYOND_AGAW);
     // A reserved bit (SNP without ECAP.SC) in the leaf.
     ss_map(&f.mem, sl, 3, 0x2000, 0x6000 | 1 << 11, R, 1);
-    assert_eq!(
-        f.unit.translate(dev, None, 0x2000, false).unwrap_err().reason,
-        reason::PAGING_RESERVED
-    );
+    assert_eq!(f.unit.translate(dev, None, 0x2000, false).unwrap_err().reason, reason::PAGING_RESERVED);
     // Context and root faults.
-    assert_eq!(
-        f.unit.translate(rid(0, 4, 0), None, 0, false).unwrap_err().reason,
-        reason::CONTEXT_NOT_PRESENT
-    );
-    assert_eq!(
-        f.unit.translate(rid(1, 0, 0), None, 0, false).unwrap_err().reason,
-        reason::ROOT_NOT_PRESENT
-    );
-    assert_eq!(
-        f.unit.translate(dev, Some(1), 0, false).unwrap_err().reason,
-        reason::SM_PASID_IN_LEGACY
-    );
+    assert_eq!(f.unit.translate(rid(0, 4, 0), None, 0, false).unwrap_err().reason, reason::CONTEXT_NOT_PRESENT);
+    assert_eq!(f.unit.translate(rid(1, 0, 0), None, 0, false).unwrap_err().reason, reason::ROOT_NOT_PRESENT);
+    assert_eq!(f.unit.translate(dev, Some(1), 0, false).unwrap_err().reason, reason::SM_PASID_IN_LEGACY);
 }
 
 #[test]
@@ -665,10 +591,7 @@ fn legacy_context_checks_and_pass_through() {
     f.enable(root);
     let t = f.unit.translate(dev, None, 0xabc_d000, true).unwrap();
     assert_eq!((t.phys, t.kind), (0xabc_d000, TranslationKind::PassThrough));
-    assert_eq!(
-        f.unit.translate(other, None, 0, false).unwrap_err().reason,
-        reason::CONTEXT_INVALID
-    );
+    assert_eq!(f.unit.translate(other, None, 0, false).unwrap_err().reason, reason::CONTEXT_INVALID);
 }
 
 #[test]
@@ -695,55 +618,36 @@ fn scalable_second_stage_through_rid_pasid() {
     let e = f.unit.translate(dev, None, 0x888_8000, false).unwrap_err();
     assert_eq!(e.reason, reason::SM_SS_NOT_PRESENT);
     // Requests with a PASID: ECAP.PASID is clear in this preset, so they are blocked.
-    assert_eq!(
-        f.unit.translate(dev, Some(5), 0x234_5000, false).unwrap_err().reason,
-        reason::SM_PASID_DISABLED
-    );
+    assert_eq!(f.unit.translate(dev, Some(5), 0x234_5000, false).unwrap_err().reason, reason::SM_PASID_DISABLED);
 }
 
 #[test]
 fn scalable_upper_half_pass_through_and_pasid_entry_faults() {
-    let f = Fix::new(
-        Config::qemu_scalable_second_stage().with_fault_compression(false).with_fault_records(4),
-    );
+    let f = Fix::new(Config::qemu_scalable_second_stage().with_fault_compression(false).with_fault_records(4));
     let hi_dev = rid(0, 0x11, 2); // devfn 0x8a >= 128: the root entry's upper half
     let (root, table) = scalable_tables(&f.mem, hi_dev, 3);
     pasid_entry(&f.mem, table, 3, [4 << 6 | 1, 9, 0]);
     f.enable(root);
-    assert_eq!(
-        f.unit.translate(hi_dev, None, 0x5000, true).unwrap().kind,
-        TranslationKind::PassThrough
-    );
+    assert_eq!(f.unit.translate(hi_dev, None, 0x5000, true).unwrap().kind, TranslationKind::PassThrough);
     // The lower half of that root entry is not present.
-    assert_eq!(
-        f.unit.translate(rid(0, 1, 0), None, 0, false).unwrap_err().reason,
-        reason::SM_ROOT_NOT_PRESENT
-    );
+    assert_eq!(f.unit.translate(rid(0, 1, 0), None, 0, false).unwrap_err().reason, reason::SM_ROOT_NOT_PRESENT);
     // Not-present PASID entry: 0x59 per the specification (QEMU says 0x5b).
     let f2 = Fix::new(Config::qemu_scalable_second_stage());
     let (root2, table2) = scalable_tables(&f2.mem, hi_dev, 3);
     pasid_entry(&f2.mem, table2, 3, [0, 0, 0]);
     f2.enable(root2);
-    assert_eq!(
-        f2.unit.translate(hi_dev, None, 0, false).unwrap_err().reason,
-        reason::SM_PASID_NOT_PRESENT
-    );
+    assert_eq!(f2.unit.translate(hi_dev, None, 0, false).unwrap_err().reason, reason::SM_PASID_NOT_PRESENT);
     // First-stage PGTT on a unit without FLTS: invalid entry.
     let f3 = Fix::new(Config::qemu_scalable_second_stage());
     let (root3, table3) = scalable_tables(&f3.mem, hi_dev, 3);
     pasid_entry(&f3.mem, table3, 3, [1 << 6 | 1, 9, 0]);
     f3.enable(root3);
-    assert_eq!(
-        f3.unit.translate(hi_dev, None, 0, false).unwrap_err().reason,
-        reason::SM_PASID_INVALID
-    );
+    assert_eq!(f3.unit.translate(hi_dev, None, 0, false).unwrap_err().reason, reason::SM_PASID_INVALID);
 }
 
 #[test]
 fn first_stage_walk_sets_accessed_and_dirty_and_checks_user() {
-    let f = Fix::new(
-        Config::qemu_scalable_first_stage().with_fault_compression(false).with_fault_records(8),
-    );
+    let f = Fix::new(Config::qemu_scalable_first_stage().with_fault_compression(false).with_fault_records(8));
     let dev = rid(0, 2, 0);
     let (root, table) = scalable_tables(&f.mem, dev, 5);
     let fs = f.mem.alloc_page().0;
@@ -761,14 +665,8 @@ fn first_stage_walk_sets_accessed_and_dirty_and_checks_user() {
     assert_eq!(f.unit.translate(dev, None, 0x234_6000, true).unwrap_err().reason, reason::SM_WRITE);
     assert_eq!(f.mem.read_u64(pte_ro).unwrap() & 0x40, 0);
     assert_eq!(f.unit.translate(dev, None, 0x234_7000, false).unwrap_err().reason, reason::SM_USER);
-    assert_eq!(
-        f.unit.translate(dev, None, 0x334_5000, false).unwrap_err().reason,
-        reason::SM_FS_NOT_PRESENT
-    );
-    assert_eq!(
-        f.unit.translate(dev, None, 1 << 50, false).unwrap_err().reason,
-        reason::SM_NON_CANONICAL
-    );
+    assert_eq!(f.unit.translate(dev, None, 0x334_5000, false).unwrap_err().reason, reason::SM_FS_NOT_PRESENT);
+    assert_eq!(f.unit.translate(dev, None, 1 << 50, false).unwrap_err().reason, reason::SM_NON_CANONICAL);
     // Requests with PASID 5 (ECAP.PASID and PASIDE set) use the same entry; faults carry it.
     assert_eq!(f.unit.translate(dev, Some(5), 0x234_5000, false).unwrap().phys, 0x10_7000);
     let e = f.unit.translate(dev, Some(5), 0x234_7000, false).unwrap_err();
@@ -860,10 +758,7 @@ fn stale_context_until_context_cache_invalidation() {
     assert!(f.unit.translate(dev, None, 0x1000, false).is_ok());
     // With FM=3 (function bits ignored) it covers the device.
     f.submit(&[d2(0x1 | 3 << 4 | u64::from(dev.0 + 1) << 32 | 3 << 48, 0)]);
-    assert_eq!(
-        f.unit.translate(dev, None, 0x1000, false).unwrap_err().reason,
-        reason::CONTEXT_NOT_PRESENT
-    );
+    assert_eq!(f.unit.translate(dev, None, 0x1000, false).unwrap_err().reason, reason::CONTEXT_NOT_PRESENT);
 }
 
 #[test]
@@ -887,15 +782,9 @@ fn scalable_caches_need_pasid_cache_and_pasid_iotlb_invalidation() {
     // PASID-cache invalidation.
     pasid_entry(&f.mem, table, 5, [4 << 6 | 1, 7, 0]);
     f.submit(&[[0x6 | 2 << 4 | 7 << 16 | 5 << 32, 0, 0, 0]]);
-    assert_eq!(
-        f.unit.translate(dev, None, 0x1000, false).unwrap().kind,
-        TranslationKind::FirstStage
-    );
+    assert_eq!(f.unit.translate(dev, None, 0x1000, false).unwrap().kind, TranslationKind::FirstStage);
     f.submit(&[[0x7 | 1 << 4 | 7 << 16 | 5 << 32, 0, 0, 0]]);
-    assert_eq!(
-        f.unit.translate(dev, None, 0x1000, false).unwrap().kind,
-        TranslationKind::PassThrough
-    );
+    assert_eq!(f.unit.translate(dev, None, 0x1000, false).unwrap().kind, TranslationKind::PassThrough);
     assert_eq!(f.unit.pasid_cache_len(), 1);
     assert_eq!(f.unit.context_cache_len(), 1);
 }
@@ -920,10 +809,7 @@ fn register_based_invalidation() {
     f.enable_qi(false);
     f.unit.write64(off::CCMD, 1 << 63 | 1 << 61);
     f.unit.step();
-    assert_eq!(
-        f.unit.take_errors(),
-        vec![ModelError::RegisterInvalidationWithQueue { offset: off::CCMD }]
-    );
+    assert_eq!(f.unit.take_errors(), vec![ModelError::RegisterInvalidationWithQueue { offset: off::CCMD }]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -953,19 +839,14 @@ fn faults_are_compressed_per_source_and_overflow_sets_pfo() {
     f.unit.write32(off::FSTS, fsts::PFO);
     f.unit.step();
     assert_eq!(f.unit.fsts(), 0);
-    assert_eq!(
-        f.unit.translate(rid(0, 3, 0), None, 0x3000, false).unwrap_err().outcome,
-        FaultOutcome::Recorded(0)
-    );
+    assert_eq!(f.unit.translate(rid(0, 3, 0), None, 0x3000, false).unwrap_err().outcome, FaultOutcome::Recorded(0));
 }
 
 #[test]
 fn records_rotate_without_compression_and_fri_names_the_first() {
     let f = Fix::new(Config::qemu_legacy().with_fault_records(4).with_fault_compression(false));
     f.enable(f.mem.alloc_page().0);
-    let outcomes: Vec<_> = (0..6)
-        .map(|i| f.unit.translate(rid(0, 2, 0), None, i << 12, false).unwrap_err().outcome)
-        .collect();
+    let outcomes: Vec<_> = (0..6).map(|i| f.unit.translate(rid(0, 2, 0), None, i << 12, false).unwrap_err().outcome).collect();
     assert_eq!(
         outcomes,
         vec![
@@ -981,10 +862,7 @@ fn records_rotate_without_compression_and_fri_names_the_first() {
     f.unit.write32(0x22c, 1 << 31);
     f.unit.write32(0x23c, 1 << 31);
     f.unit.step();
-    assert_eq!(
-        f.unit.translate(rid(0, 2, 0), None, 0x9000, false).unwrap_err().outcome,
-        FaultOutcome::Recorded(0)
-    );
+    assert_eq!(f.unit.translate(rid(0, 2, 0), None, 0x9000, false).unwrap_err().outcome, FaultOutcome::Recorded(0));
     assert_eq!(f.unit.fsts() >> 8 & 0xff, 0, "FRI");
     assert_eq!(f.unit.fault_records()[0].1 >> 62 & 1, 1, "T1: a read");
 }
@@ -1023,10 +901,7 @@ fn fpd_suppresses_recording() {
     let ce = (f.mem.read_u64(root).unwrap() & !0xfff) + u64::from(dev.devfn()) * 16;
     f.mem.write_u64(ce, f.mem.read_u64(ce).unwrap() | 2);
     f.enable(root);
-    assert_eq!(
-        f.unit.translate(dev, None, 0, false).unwrap_err().outcome,
-        FaultOutcome::Suppressed
-    );
+    assert_eq!(f.unit.translate(dev, None, 0, false).unwrap_err().outcome, FaultOutcome::Suppressed);
     assert_eq!(f.unit.fsts(), 0);
     assert_eq!(f.unit.faults().len(), 1);
 }

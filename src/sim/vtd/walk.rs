@@ -69,42 +69,17 @@ impl Inner {
         self.mem.read_u64(addr).ok_or((reason, fpd))
     }
 
-    pub(super) fn translate(
-        &mut self,
-        rid: RequesterId,
-        pasid: Option<u32>,
-        iova: u64,
-        write: bool,
-    ) -> Result<super::Translation, Fault> {
+    pub(super) fn translate(&mut self, rid: RequesterId, pasid: Option<u32>, iova: u64, write: bool) -> Result<super::Translation, Fault> {
         if self.gsts & gcmd::TE == 0 {
-            return Ok(Translation {
-                phys: iova,
-                page_size: 0x1000,
-                kind: TranslationKind::Untranslated,
-                did: None,
-                cached: false,
-            });
+            return Ok(Translation { phys: iova, page_size: 0x1000, kind: TranslationKind::Untranslated, did: None, cached: false });
         }
         self.resolve(rid, pasid, iova, write).map_err(|(r, fpd)| {
-            let f = Fault {
-                reason: r,
-                source: rid,
-                pasid,
-                address: iova,
-                write,
-                outcome: FaultOutcome::Suppressed,
-            };
+            let f = Fault { reason: r, source: rid, pasid, address: iova, write, outcome: FaultOutcome::Suppressed };
             self.record_fault(f, fpd)
         })
     }
 
-    fn resolve(
-        &mut self,
-        rid: RequesterId,
-        pasid: Option<u32>,
-        iova: u64,
-        write: bool,
-    ) -> Result<Translation, WalkError> {
+    fn resolve(&mut self, rid: RequesterId, pasid: Option<u32>, iova: u64, write: bool) -> Result<Translation, WalkError> {
         let root = self.root.ok_or((reason::ROOT_TABLE_ACCESS, false))?;
         match (root >> super::regs::rtaddr::TTM_SHIFT) & 3 {
             0 => self.legacy(root, rid, pasid, iova, write),
@@ -113,72 +88,22 @@ impl Inner {
         }
     }
 
-    fn iotlb_lookup(
-        &self,
-        did: u16,
-        pasid: Option<u32>,
-        iova: u64,
-        write: bool,
-    ) -> Option<Translation> {
+    fn iotlb_lookup(&self, did: u16, pasid: Option<u32>, iova: u64, write: bool) -> Option<Translation> {
         let e = self.iotlb.iter().find(|e| {
-            e.did == did
-                && e.pasid == pasid
-                && iova >= e.iova
-                && iova - e.iova < e.size
-                && if write { e.write } else { e.read }
+            e.did == did && e.pasid == pasid && iova >= e.iova && iova - e.iova < e.size && if write { e.write } else { e.read }
         })?;
-        Some(Translation {
-            phys: e.phys + (iova - e.iova),
-            page_size: e.size,
-            kind: e.kind,
-            did: Some(did),
-            cached: true,
-        })
+        Some(Translation { phys: e.phys + (iova - e.iova), page_size: e.size, kind: e.kind, did: Some(did), cached: true })
     }
 
-    fn iotlb_insert(
-        &mut self,
-        did: u16,
-        pasid: Option<u32>,
-        kind: TranslationKind,
-        iova: u64,
-        leaf: &Leaf,
-    ) -> Translation {
+    fn iotlb_insert(&mut self, did: u16, pasid: Option<u32>, kind: TranslationKind, iova: u64, leaf: &Leaf) -> Translation {
         let start = iova & !(leaf.size - 1);
-        self.iotlb.retain(|e| {
-            !(e.did == did
-                && e.pasid == pasid
-                && e.iova < start + leaf.size
-                && start < e.iova + e.size)
-        });
-        self.iotlb.push(IotlbEntry {
-            did,
-            pasid,
-            kind,
-            iova: start,
-            size: leaf.size,
-            phys: leaf.base,
-            read: leaf.read,
-            write: leaf.write,
-        });
-        Translation {
-            phys: leaf.base + (iova - start),
-            page_size: leaf.size,
-            kind,
-            did: Some(did),
-            cached: false,
-        }
+        self.iotlb.retain(|e| !(e.did == did && e.pasid == pasid && e.iova < start + leaf.size && start < e.iova + e.size));
+        self.iotlb.push(IotlbEntry { did, pasid, kind, iova: start, size: leaf.size, phys: leaf.base, read: leaf.read, write: leaf.write });
+        Translation { phys: leaf.base + (iova - start), page_size: leaf.size, kind, did: Some(did), cached: false }
     }
 
     /// Legacy mode (§3.4.2, §9.1 root entry, §9.3 context entry).
-    fn legacy(
-        &mut self,
-        root: u64,
-        rid: RequesterId,
-        pasid: Option<u32>,
-        iova: u64,
-        write: bool,
-    ) -> Result<Translation, WalkError> {
+    fn legacy(&mut self, root: u64, rid: RequesterId, pasid: Option<u32>, iova: u64, write: bool) -> Result<Translation, WalkError> {
         if pasid.is_some() {
             return Err((reason::SM_PASID_IN_LEGACY, false));
         }
@@ -194,13 +119,7 @@ impl Inner {
             return Err((reason::CONTEXT_INVALID, false));
         };
         if tt == 2 {
-            return Ok(Translation {
-                phys: iova,
-                page_size: 0x1000,
-                kind: TranslationKind::PassThrough,
-                did: Some(did),
-                cached: false,
-            });
+            return Ok(Translation { phys: iova, page_size: 0x1000, kind: TranslationKind::PassThrough, did: Some(did), cached: false });
         }
         if let Some(t) = self.iotlb_lookup(did, None, iova, write) {
             return Ok(t);
@@ -213,10 +132,7 @@ impl Inner {
         let haw = self.cfg.haw_mask();
         let re = root & haw & !0xfff;
         let at = re + u64::from(rid.bus()) * 16;
-        let (lo, hi) = (
-            self.read(at, reason::ROOT_TABLE_ACCESS, false)?,
-            self.read(at + 8, reason::ROOT_TABLE_ACCESS, false)?,
-        );
+        let (lo, hi) = (self.read(at, reason::ROOT_TABLE_ACCESS, false)?, self.read(at + 8, reason::ROOT_TABLE_ACCESS, false)?);
         if lo & 1 == 0 {
             return Err((reason::ROOT_NOT_PRESENT, false));
         }
@@ -224,10 +140,8 @@ impl Inner {
             return Err((reason::ROOT_RESERVED, false));
         }
         let at = (lo & haw & !0xfff) + u64::from(rid.devfn()) * 16;
-        let (lo, hi) = (
-            self.read(at, reason::CONTEXT_TABLE_ACCESS, false)?,
-            self.read(at + 8, reason::CONTEXT_TABLE_ACCESS, false)?,
-        );
+        let (lo, hi) =
+            (self.read(at, reason::CONTEXT_TABLE_ACCESS, false)?, self.read(at + 8, reason::CONTEXT_TABLE_ACCESS, false)?);
         // FPD (bit 1) applies even to a not-present entry (§9.3).
         let fpd = lo & 2 != 0;
         if lo & 1 == 0 {
@@ -248,25 +162,12 @@ impl Inner {
         if !tt_ok || (tt != 2 && self.cfg.sagaw() & (1 << aw) == 0) {
             return Err((reason::CONTEXT_INVALID, fpd));
         }
-        Ok(CachedContext::Legacy {
-            did: ((hi >> 8) & 0xffff) as u16,
-            tt,
-            aw,
-            slptptr: lo & haw & !0xfff,
-            fpd,
-        })
+        Ok(CachedContext::Legacy { did: ((hi >> 8) & 0xffff) as u16, tt, aw, slptptr: lo & haw & !0xfff, fpd })
     }
 
     /// A second-stage walk (§9.8 / §3.7): `aw` 1, 2, 3 for 3, 4, 5 levels; R and W are checked
     /// at every level. `sm` selects the scalable-mode fault reasons.
-    fn walk_second_stage(
-        &mut self,
-        table: u64,
-        aw: u8,
-        iova: u64,
-        write: bool,
-        sm: bool,
-    ) -> Result<Leaf, u8> {
+    fn walk_second_stage(&mut self, table: u64, aw: u8, iova: u64, write: bool, sm: bool) -> Result<Leaf, u8> {
         let levels = u32::from(aw) + 2;
         let width = (12 + 9 * levels).min(self.cfg.mgaw());
         if iova >> width != 0 {
@@ -276,11 +177,7 @@ impl Inner {
         let (access, rsvd, not_present) = if sm {
             (reason::SM_SS_ACCESS, reason::SM_SS_RESERVED, reason::SM_SS_NOT_PRESENT)
         } else {
-            (
-                reason::PAGING_ENTRY_ACCESS,
-                reason::PAGING_RESERVED,
-                if write { reason::WRITE } else { reason::READ },
-            )
+            (reason::PAGING_ENTRY_ACCESS, reason::PAGING_RESERVED, if write { reason::WRITE } else { reason::READ })
         };
         let denied = match (sm, write) {
             (false, true) => reason::WRITE,
@@ -301,8 +198,7 @@ impl Inner {
             let leaf = level == 1 || large;
             let mut reserved = e & self.above_haw() & bits(51, 12);
             if large {
-                let ok = (level == 2 && self.cfg.sllps() & 1 != 0)
-                    || (level == 3 && self.cfg.sllps() & 2 != 0);
+                let ok = (level == 2 && self.cfg.sllps() & 1 != 0) || (level == 3 && self.cfg.sllps() & 2 != 0);
                 if !ok {
                     return Err(rsvd);
                 }
@@ -322,12 +218,7 @@ impl Inner {
             w &= ew;
             if leaf {
                 let size = 1u64 << shift;
-                return Ok(Leaf {
-                    base: e & haw & bits(51, 12) & !(size - 1),
-                    size,
-                    read: r,
-                    write: w,
-                });
+                return Ok(Leaf { base: e & haw & bits(51, 12) & !(size - 1), size, read: r, write: w });
             }
             tbl = e & haw & bits(51, 12);
         }
@@ -335,14 +226,7 @@ impl Inner {
     }
 
     /// Scalable mode (§3.4.3; §9.2 root, §9.4 context, §9.5 PASID directory, §9.6 PASID entry).
-    fn scalable(
-        &mut self,
-        root: u64,
-        rid: RequesterId,
-        pasid: Option<u32>,
-        iova: u64,
-        write: bool,
-    ) -> Result<Translation, WalkError> {
+    fn scalable(&mut self, root: u64, rid: RequesterId, pasid: Option<u32>, iova: u64, write: bool) -> Result<Translation, WalkError> {
         let ctx = match self.ctx_cache.get(&rid.0) {
             Some(c) => *c,
             None => {
@@ -356,9 +240,7 @@ impl Inner {
         };
         let p = match pasid {
             // Without ECAP.PASID or the context's PASIDE, requests with a PASID are blocked.
-            Some(_) if !pasid_enable || !self.cfg.pasid() => {
-                return Err((reason::SM_PASID_DISABLED, fpd));
-            }
+            Some(_) if !pasid_enable || !self.cfg.pasid() => return Err((reason::SM_PASID_DISABLED, fpd)),
             Some(p) => p,
             // Requests without PASID use the RID_PASID entry (§9.4).
             None => rid_pasid,
@@ -377,30 +259,15 @@ impl Inner {
         };
         let fpd = fpd || pe.fpd;
         if pe.pgtt == 4 {
-            return Ok(Translation {
-                phys: iova,
-                page_size: 0x1000,
-                kind: TranslationKind::PassThrough,
-                did: Some(pe.did),
-                cached: false,
-            });
+            return Ok(Translation { phys: iova, page_size: 0x1000, kind: TranslationKind::PassThrough, did: Some(pe.did), cached: false });
         }
         if let Some(t) = self.iotlb_lookup(pe.did, Some(p), iova, write) {
             return Ok(t);
         }
         let (kind, leaf) = match pe.pgtt {
-            2 => (
-                TranslationKind::SecondStage,
-                self.walk_second_stage(pe.ssptptr, pe.aw, iova, write, true),
-            ),
-            1 => (
-                TranslationKind::FirstStage,
-                self.walk_first_stage(pe.fsptptr, pe.fspm, iova, write, None),
-            ),
-            _ => (
-                TranslationKind::Nested,
-                self.walk_first_stage(pe.fsptptr, pe.fspm, iova, write, Some((pe.ssptptr, pe.aw))),
-            ),
+            2 => (TranslationKind::SecondStage, self.walk_second_stage(pe.ssptptr, pe.aw, iova, write, true)),
+            1 => (TranslationKind::FirstStage, self.walk_first_stage(pe.fsptptr, pe.fspm, iova, write, None)),
+            _ => (TranslationKind::Nested, self.walk_first_stage(pe.fsptptr, pe.fspm, iova, write, Some((pe.ssptptr, pe.aw)))),
         };
         let leaf = leaf.map_err(|r| (r, fpd))?;
         Ok(self.iotlb_insert(pe.did, Some(p), kind, iova, &leaf))
@@ -410,8 +277,7 @@ impl Inner {
         let haw = self.cfg.haw_mask();
         let devfn = rid.devfn();
         // Lower half for devfn 0-127, upper half for 128-255 (§9.2).
-        let at =
-            (root & haw & !0xfff) + u64::from(rid.bus()) * 16 + if devfn < 128 { 0 } else { 8 };
+        let at = (root & haw & !0xfff) + u64::from(rid.bus()) * 16 + if devfn < 128 { 0 } else { 8 };
         let half = self.read(at, reason::SM_ROOT_ACCESS, false)?;
         if half & 1 == 0 {
             return Err((reason::SM_ROOT_NOT_PRESENT, false));
@@ -428,11 +294,7 @@ impl Inner {
         if w[0] & 1 == 0 {
             return Err((reason::SM_CONTEXT_NOT_PRESENT, fpd));
         }
-        if w[0] & (bits(8, 5) | self.above_haw()) != 0
-            || w[1] & bits(63, 21) != 0
-            || w[2] != 0
-            || w[3] != 0
-        {
+        if w[0] & (bits(8, 5) | self.above_haw()) != 0 || w[1] & bits(63, 21) != 0 || w[2] != 0 || w[3] != 0 {
             return Err((reason::SM_CONTEXT_RESERVED, fpd));
         }
         Ok(CachedContext::Scalable {
@@ -468,9 +330,7 @@ impl Inner {
         if w[0] & 1 == 0 {
             return Err((reason::SM_PASID_NOT_PRESENT, fpd));
         }
-        if w[0] & (bits(11, 10) | self.above_haw()) != 0
-            || w[1] & bits(22, 16) != 0
-            || w[2] & (bits(11, 8) | self.above_haw()) != 0
+        if w[0] & (bits(11, 10) | self.above_haw()) != 0 || w[1] & bits(22, 16) != 0 || w[2] & (bits(11, 8) | self.above_haw()) != 0
         {
             return Err((reason::SM_PASID_RESERVED, fpd));
         }
@@ -503,14 +363,7 @@ impl Inner {
     /// (no privileged requests are modelled, as in QEMU), so P and U/S must be set at every
     /// level and R/W for a write; A is set at every level and D on the leaf of a write.
     /// With `nest`, every table access and the output go through the second stage.
-    fn walk_first_stage(
-        &mut self,
-        table: u64,
-        fspm: u8,
-        iova: u64,
-        write: bool,
-        nest: Option<(u64, u8)>,
-    ) -> Result<Leaf, u8> {
+    fn walk_first_stage(&mut self, table: u64, fspm: u8, iova: u64, write: bool, nest: Option<(u64, u8)>) -> Result<Leaf, u8> {
         let levels = 4 + u32::from(fspm);
         let width = 12 + 9 * levels;
         // Canonical: bits 63:width-1 all equal.
@@ -575,12 +428,7 @@ impl Inner {
                 return match nest {
                     Some((ss, aw)) => {
                         let l = self.walk_second_stage(ss, aw, pa, write, true)?;
-                        Ok(Leaf {
-                            base: l.base + (pa & (l.size - 1) & !0xfff),
-                            size: 0x1000,
-                            read: true,
-                            write: write_ok && l.write,
-                        })
+                        Ok(Leaf { base: l.base + (pa & (l.size - 1) & !0xfff), size: 0x1000, read: true, write: write_ok && l.write })
                     }
                     None => Ok(Leaf { base, size, read: true, write: write_ok }),
                 };
