@@ -481,20 +481,22 @@ impl<F: PageTableFormat> IoPageTable<F> {
             return Err(Error::InvalidField { what: "mapping permissions (none)", value: 0 });
         }
         self.format.check_perms(perms)?;
-        let root = self.root_node();
-        self.check_free(root, self.levels, iova, len)?;
+        // Both walks start at the deepest existing table whose one entry covers the whole
+        // range: above it they would only follow the same table entries, changing nothing.
+        let (node, level) = self.descend(iova, iova + (len - 1));
+        self.check_free(node, level, iova, len)?;
 
         let mut done = 0u64;
-        match self.map_level(platform, root, self.levels, iova, phys, len, perms, &mut done) {
+        match self.map_level(platform, node, level, iova, phys, len, perms, &mut done) {
             Ok(()) => {
-                let mut pending = self.take_deferred();
+                let mut pending = self.pending_for_call();
                 pending.add(iova, len, true);
                 Ok(pending)
             }
             Err(e) => {
                 // Undo what was mapped: the leaves written tile [iova, iova + done) exactly, so
                 // the unmap needs no split and cannot fail.
-                let mut pending = self.take_deferred();
+                let mut pending = self.pending_for_call();
                 if done != 0 {
                     let undone = self.unmap_walk(platform, iova, done, &mut pending);
                     debug_assert!(undone.is_ok(), "rollback of a map needs no split");
@@ -523,7 +525,7 @@ impl<F: PageTableFormat> IoPageTable<F> {
     ) -> Result<PendingInvalidation> {
         let before = self.stats;
         let result = self.check_iova_range(iova.0, len).and_then(|()| {
-            let mut pending = self.take_deferred();
+            let mut pending = self.pending_for_call();
             match self.unmap_walk(platform, iova.0, len, &mut pending) {
                 Ok(()) => Ok(pending),
                 Err(e) => {
@@ -586,6 +588,39 @@ impl<F: PageTableFormat> IoPageTable<F> {
 
     fn root_node(&self) -> Node {
         Node { phys: self.root.phys(), virt: self.root.virt() }
+    }
+
+    /// The pending value a call starts from: what failed calls deferred, if anything, else a
+    /// fresh one (without moving the deferred value out and a fresh one in).
+    #[inline]
+    fn pending_for_call(&mut self) -> PendingInvalidation {
+        if self.deferred.is_empty() && self.deferred.leaked_pages == 0 {
+            PendingInvalidation::new(self.domain)
+        } else {
+            self.take_deferred()
+        }
+    }
+
+    /// The deepest table (and its level) reached from the root through table entries that
+    /// each cover all of `[first, last]`. Reads only; stops at anything else (an absent entry,
+    /// a leaf, a table whose shadow is missing), which the walks from there handle.
+    #[inline]
+    fn descend(&self, first: u64, last: u64) -> (Node, u8) {
+        let mut node = self.root_node();
+        let mut level = self.levels;
+        // Bounded by the level count.
+        while level > 1 {
+            let size = level_size(level);
+            if first & !(size - 1) != last & !(size - 1) {
+                break;
+            }
+            let idx = index(first, level);
+            let Pte::Table(phys) = self.format.decode(load(node, idx), level) else { break };
+            let Some(table) = child(node, idx, phys) else { break };
+            node = table;
+            level -= 1;
+        }
+        (node, level)
     }
 
     /// Validates an IOVA range: page-aligned, non-empty, no wrap, inside the IOVA space.
@@ -717,8 +752,46 @@ impl<F: PageTableFormat> IoPageTable<F> {
             changed: false,
             structural: false,
         };
-        let root = self.root_node();
-        let result = self.unmap_level(platform, root, self.levels, iova, len, &mut st, pending);
+        // Start at the deepest existing table whose one entry covers the whole range (above
+        // it the walk would only follow table entries), then prune back up the path the
+        // tables the unmap emptied, as `unmap_level` does for the tables it recurses into.
+        let last = iova + (len - 1);
+        let mut path: heapless::Vec<(Node, usize), 5> = heapless::Vec::new();
+        let mut node = self.root_node();
+        let mut level = self.levels;
+        // Bounded by the level count.
+        while level > 1 {
+            let size = level_size(level);
+            if iova & !(size - 1) != last & !(size - 1) {
+                break;
+            }
+            let idx = index(iova, level);
+            let Pte::Table(phys) = self.format.decode(load(node, idx), level) else { break };
+            let Some(table) = child(node, idx, phys) else { break };
+            if path.push((node, idx)).is_err() {
+                break;
+            }
+            node = table;
+            level -= 1;
+        }
+        let result = self.unmap_level(platform, node, level, iova, len, &mut st, pending);
+        if result.is_ok() {
+            // A table that stays (not empty, or the pending value is full) keeps its parents.
+            while let Some((parent, idx)) = path.pop() {
+                if pending.freed.len() >= MAX_FREED || !table_is_empty(node) {
+                    break;
+                }
+                let mut dirty = Dirty::NONE;
+                self.store(parent, idx, 0, &mut dirty);
+                clear_shadow(parent, idx);
+                self.release(node, level, pending);
+                st.changed = true;
+                st.structural = true;
+                self.sync(platform, parent, dirty);
+                node = parent;
+                level += 1;
+            }
+        }
         if st.changed {
             pending.add(st.inv_first, st.inv_last - st.inv_first + 1, !st.structural);
         }
