@@ -4,11 +4,13 @@
 //! [`unit`](mod@unit) brings one SMMU up and configures StreamIDs ([`ste`]: stream table
 //! entries, context descriptors, the linear or 2-level stream table), issues [`command`]s
 //! through the command queue and decodes [`event`]s from the event queue ([`queue`]).
+//! [`priq`] services the PRI queue for the page-request service (`CMD_PRI_RESP`, overflow, drain).
 //! [`discovery`] describes an SMMU and its RID-to-StreamID mapping from a device tree or IORT.
 
 pub mod command;
 pub mod discovery;
 pub mod event;
+pub mod priq;
 pub mod queue;
 pub mod regs;
 pub mod ste;
