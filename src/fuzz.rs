@@ -446,8 +446,8 @@ pub fn smmu_priq(data: &[u8]) {
     impl Router for Table {
         type Attachment = u16;
         fn route(&mut self, rid: RequesterId, pasid: Option<Pasid>) -> Routing<u16> {
-            let pasid_in_response = rid.0 % 3 == 0;
-            if rid.0 % 2 == 0 || pasid.is_some_and(|p| p.get() % 2 == 1) {
+            let pasid_in_response = rid.0.is_multiple_of(3);
+            if rid.0.is_multiple_of(2) || pasid.is_some_and(|p| p.get() % 2 == 1) {
                 let is_vf = rid.devfn() % 4 == 2;
                 let pf = RequesterId(rid.0 & !3);
                 Routing::Attached(Route { attachment: rid.0, pasid_in_response, is_vf, pf })

@@ -6,8 +6,8 @@
 //! # Layout (§8; Linux `PRIQ_0_*`, `PRIQ_1_*`)
 //!
 //! 16-byte entries. Word 0: StreamID 31:0, SubstreamID 51:32, Priv 58, Exec 59, Read 60,
-//! Write 61, Last 62, SSV 63; bits 57:52 are reserved. Word 1: PRG index 8:0, page address
-//! 63:12; bits 11:9 are reserved. When used with PRI, StreamID[15:0] is the PCIe requester ID
+//! Write 61, Last 62, SSV 63; bits 57:52 are reserved (RES0, ignored). Word 1: PRG index 8:0, page address
+//! 63:12; bits 11:9 are reserved (ignored). When used with PRI, StreamID\[15:0\] is the PCIe requester ID
 //! (§8: higher StreamID bits may name the root complex), so the requester ID of a request is
 //! the low half of its StreamID, and the StreamID of a response is the entry's own or comes
 //! from the RID-to-StreamID map ([`StreamIds`], e.g. [`StreamIdMap`] from discovery).
@@ -82,11 +82,11 @@ pub mod field {
     pub const WRITE: u64 = 1 << 61;
     pub const LAST: u64 = 1 << 62;
     pub const SSV: u64 = 1 << 63;
-    /// Word 0 bits 57:52.
+    /// Word 0 bits 57:52 (RES0: ignored when read).
     pub const RESERVED0: u64 = 0x3f << 52;
     pub const PRGI_MASK: u64 = 0x1ff;
     pub const ADDR_MASK: u64 = !0xfff;
-    /// Word 1 bits 11:9.
+    /// Word 1 bits 11:9 (RES0: ignored when read).
     pub const RESERVED1: u64 = 0x7 << 9;
 }
 
@@ -112,9 +112,11 @@ pub struct Entry {
 /// Decodes one PRI queue entry. A PASID Stop Marker (§8: Last, neither Read nor Write, with a
 /// PASID) is [`PageRequestMessage::StopMarker`]; Last without Read or Write and without a PASID
 /// is no Stop Marker and stays a page request (§8). Fails with [`Error::InvalidPageRequest`]
-/// carrying the raw words for reserved bits set, Exec or Priv without a PASID (§8: both are 0
-/// when SSV is 0), Exec without Read (PCIe §10.4.1), no access asked without Last, or a Stop
-/// Marker asking for Exec or Priv.
+/// carrying the raw words for Exec or Priv without a PASID (§8: both are 0 when SSV is 0), Exec
+/// without Read (PCIe §10.4.1), no access asked without Last, or a Stop Marker asking for
+/// privilege. Reserved bits are ignored, not refused: Arm's RES0 on a value hardware writes
+/// means software must not rely on it reading 0 (a later version may define it), and refusing
+/// would turn a good request into an Invalid answer.
 pub fn decode(words: [u64; 2]) -> Result<Entry> {
     use field::*;
     let [w0, w1] = words;
@@ -127,11 +129,7 @@ pub fn decode(words: [u64; 2]) -> Result<Entry> {
         privileged: w0 & PRIV != 0,
     };
     let last = w0 & LAST != 0;
-    if w0 & RESERVED0 != 0
-        || w1 & RESERVED1 != 0
-        || (!ssv && (access.execute || access.privileged))
-        || (access.execute && !access.read)
-    {
+    if (!ssv && (access.execute || access.privileged)) || (access.execute && !access.read) {
         return bad;
     }
     // CAST: masked to 32 bits.
