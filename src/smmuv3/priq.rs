@@ -6,9 +6,10 @@
 //! # Layout (§8; Linux `PRIQ_0_*`, `PRIQ_1_*`)
 //!
 //! 16-byte entries. Word 0: StreamID 31:0, SubstreamID 51:32, Priv 58, Exec 59, Read 60,
-//! Write 61, Last 62, SSV 63; bits 57:52 are reserved (RES0, ignored). Word 1: PRG index 8:0, page address
-//! 63:12; bits 11:9 are reserved (ignored). When used with PRI, StreamID\[15:0\] is the PCIe requester ID
-//! (§8: higher StreamID bits may name the root complex), so the requester ID of a request is
+//! Write 61, Last 62, SSV 63; bits 57:52 are reserved (RES0, ignored). Word 1: PRG index 8:0,
+//! page address 63:12; bits 11:9 are reserved (ignored). With PRI, StreamID\[15:0\] is the PCIe
+//! requester ID (§8: higher StreamID bits may name the root complex), so the requester ID of a
+//! request is
 //! the low half of its StreamID, and the StreamID of a response is the entry's own or comes
 //! from the RID-to-StreamID map ([`StreamIds`], e.g. [`StreamIdMap`] from discovery).
 //!
@@ -24,13 +25,15 @@
 //!
 //! A full queue toggles PRIQ_PROD.OVFLG; while PRIQ_CONS.OVACKFLG differs the SMMU writes no
 //! entry, silently drops requests without Last, and answers each dropped Last request itself
-//! (Success, with the PASID where IDR3.PPS or STE.PPAR says so, §8.2). Recovery as §8.1.1
+//! (Success, with the PASID where IDR3.PPS or STE.PPAR says so, §8.1, §8.2). Recovery as §8.1.1
 //! suggests: read the whole queue up to the PROD seen at the start of the pass, answer the
 //! groups that ended, then one PRIQ_CONS write moves CONS and copies OVFLG into OVACKFLG. The
 //! groups still collecting lost their Last to hardware, which answered it: the service is told
 //! ([`PageRequestService::overflow`]) and never answers them again (it reclaims them, or hands
 //! a later group reusing the index to the handler marked stale); it must not call
-//! [`PageRequestService::answer_stale`], which is for hardware that does not answer.
+//! [`PageRequestService::answer_stale`], which is for hardware that does not answer. (§8.1.1
+//! says such groups "must be ignored"; keeping them stale instead still answers every group
+//! exactly once, and only changes which requests a handler sees, flagged [`Group::stale`].)
 //! [`Unit::set_page_response_pasid_required`] keeps STE.PPAR equal to the function's "PRG
 //! Response PASID Required", so the hardware's answers carry the PASID as the device expects.
 //!
@@ -53,6 +56,8 @@ use heapless::Vec;
 use crate::addr::{Pasid, RequesterId, StreamId};
 use crate::error::{Error, Result};
 use crate::hal::{Platform, poll};
+#[cfg(doc)]
+use crate::iommu::pri::Group;
 use crate::iommu::pri::{
     Access, GroupResponse, Handler, PageRequest, PageRequestMessage, PageRequestService,
     ResponseCode, ResponseSink, Router, Routing,
