@@ -5,12 +5,14 @@
 //! entries, context descriptors, the linear or 2-level stream table), issues [`command`]s
 //! through the command queue and decodes [`event`]s from the event queue ([`queue`]).
 //! [`backend`] drives a unit for the architecture-neutral domain core ([`crate::iommu::domain`]).
+//! [`priq`] services the PRI queue for the page-request service (`CMD_PRI_RESP`, overflow, drain).
 //! [`discovery`] describes an SMMU and its RID-to-StreamID mapping from a device tree or IORT.
 
 pub mod backend;
 pub mod command;
 pub mod discovery;
 pub mod event;
+pub mod priq;
 pub mod queue;
 pub mod regs;
 #[cfg(test)]

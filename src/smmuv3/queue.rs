@@ -39,6 +39,10 @@ use super::regs::{gerror, offset};
 /// broken; so does this driver.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What a CMD_SYNC wait that timed out reports in [`Error::Timeout`]: the batch was written
+/// and goes out when the SMMU resumes (a timeout waiting for queue space wrote nothing).
+pub const SYNC_WAIT: &str = "SMMU CMD_SYNC completion (CMDQ_CONS)";
+
 /// Queue index arithmetic (§3.5.1): `log2` index bits, then the wrap bit.
 pub mod index {
     /// Mask of the index and wrap bits.
@@ -72,7 +76,7 @@ pub mod index {
 }
 
 /// Bit 31 of EVENTQ_PROD / PRIQ_PROD (OVFLG) and of the CONS registers (OVACKFLG).
-const OVERFLOW_FLAG: u32 = 1 << 31;
+pub(crate) const OVERFLOW_FLAG: u32 = 1 << 31;
 /// CMDQ_CONS.ERR, bits 30:24.
 const CONS_ERR_SHIFT: u32 = 24;
 
@@ -235,7 +239,7 @@ impl CommandQueue {
         self.stats.commands += u64::from(needed);
         self.stats.doorbells += 1;
         let target = self.prod;
-        poll(platform, "SMMU CMD_SYNC completion (CMDQ_CONS)", self.timeout, || {
+        poll(platform, SYNC_WAIT, self.timeout, || {
             if let Err(e) = self.recover(platform, &mut reported) {
                 return Some(Err(e));
             }
@@ -400,6 +404,35 @@ impl ProducerQueue {
         self.cons = (self.cons & !OVERFLOW_FLAG) | (prod_reg & OVERFLOW_FLAG);
         self.regs.write32(self.cons_reg, self.cons);
         drained
+    }
+
+    /// The producer register as the SMMU wrote it (index, wrap and OVFLG; not masked).
+    pub(crate) fn read_prod(&self) -> u32 {
+        self.regs.read32(self.prod_reg)
+    }
+
+    /// The software consumer value (index, wrap and OVACKFLG).
+    pub(crate) const fn consumer(&self) -> u32 {
+        self.cons
+    }
+
+    /// The first two words of the record in `slot` (reduced modulo the queue size).
+    pub(crate) fn read_record(&self, slot: u32) -> [u64; 2] {
+        [
+            self.ring.word(slot, 0).load(Ordering::Relaxed),
+            self.ring.word(slot, 1).load(Ordering::Relaxed),
+        ]
+    }
+
+    /// Sets the consumer value (index, wrap and OVACKFLG) and writes it to the CONS register.
+    pub(crate) fn publish_consumer(&mut self, value: u32) {
+        self.cons = value & (index::mask(self.ring.log2) | OVERFLOW_FLAG);
+        self.regs.write32(self.cons_reg, self.cons);
+    }
+
+    /// The SMMU's register frame (for the queue's IRQ configuration registers).
+    pub(crate) const fn registers(&self) -> &MmioRegion {
+        &self.regs
     }
 
     /// Decodes and hands every event record to `report` (see [`Self::drain_raw`]).

@@ -390,6 +390,12 @@ impl Unit {
     pub fn pri_queue(&mut self) -> Option<&mut ProducerQueue> {
         self.priq.as_mut()
     }
+    /// The PRI queue and the command queue together (the page-request service reads one and
+    /// answers through the other); `None` without IDR0.PRI.
+    pub fn pri_and_command_queues(&mut self) -> Option<(&mut ProducerQueue, &mut CommandQueue)> {
+        let priq = self.priq.as_mut()?;
+        Some((priq, &mut self.cmdq))
+    }
     /// SMMU_CR0.
     pub fn control(&self) -> u32 {
         self.regs.read32(offset::CR0)
@@ -637,6 +643,30 @@ impl Unit {
     /// Blocks StreamID `sid` silently (STE Config = abort): its DMA is aborted without events.
     pub fn detach<P: Platform + ?Sized>(&mut self, platform: &P, sid: StreamId) -> Result<()> {
         self.set_stream(platform, sid, StreamConfig::Abort)
+    }
+
+    /// Sets or clears STE.PPAR of `sid` (§5.2, word 1 bit 18; Linux `STRTAB_STE_1_PPAR`): whether
+    /// the function's PRI capability says "PRG Response PASID Required", so that the SMMU's own
+    /// PRG responses (PRI queue overflow, §8.1) carry the PASID exactly when the function
+    /// expects it. A one-word change made in place (single-copy atomic), then CFGI_STE and
+    /// CMD_SYNC. [`set_stream`](Self::set_stream) rewrites the STE without it: call this after.
+    pub fn set_page_response_pasid_required<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        sid: StreamId,
+        required: bool,
+    ) -> Result<()> {
+        const PPAR: u64 = 1 << 18;
+        let slot =
+            self.streams.slot(platform, sid, false)?.ok_or(Error::NotFound { what: "SMMU STE" })?;
+        let old = slot.entry.read()[1];
+        let new = if required { old | PPAR } else { old & !PPAR };
+        if new == old {
+            return Ok(());
+        }
+        slot.entry.write_word(1, new);
+        platform.sync_for_device(slot.entry.virt(), ENTRY_BYTES);
+        self.cmdq.submit(platform, &[Command::cfgi_ste(sid, false)])
     }
 
     /// The STE words of `sid` as the SMMU sees them (`None`: no level-2 table yet).
