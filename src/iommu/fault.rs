@@ -43,7 +43,7 @@
 //! drain services the same hardware queue its page-request interrupt handler does), and calls
 //! [`PageRequests::process`] from the interrupt handler under that lock.
 //!
-//! ```ignore
+//! ```text
 //! let prq = PageRequestQueue::new(&p, core.backend(), 1)?; // where ECAP.PRS
 //! let mut faults = PageRequests::<_, 32, 8, 16>::new(prq);
 //! let mut domain = core.new_fault_domain(&p, X86FirstStage::new())?;
