@@ -391,7 +391,7 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
             self.undo_enable(platform, enabled, user, pri);
             return Err(e);
         }
-        if let Err(e) = iommu.backend_mut().set_page_requests(platform, &endpoint, true) {
+        if let Err(e) = start(iommu, platform, &endpoint, enabled.pasid_in_response) {
             let _ = iommu.detach(platform, iso, domain, endpoint);
             self.undo_enable(platform, enabled, user, pri);
             return Err(e);
@@ -511,8 +511,13 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
             self.undo_enable(platform, enabled, user, pri);
             return Err(e);
         }
+        // The function's record (if it has fault-capable attachments) knows the PF's answer.
+        let pasid_in_response = self
+            .routes
+            .record(endpoint.function)
+            .map_or(enabled.pasid_in_response, |r| r.pasid_in_response);
         if new_id.is_some()
-            && let Err(e) = iommu.backend_mut().set_page_requests(platform, &endpoint, true)
+            && let Err(e) = start(iommu, platform, &endpoint, pasid_in_response)
         {
             // Back to where it was (best effort), then undo the enable.
             let _ = iommu.replace(platform, iso, new, old, endpoint);
@@ -760,6 +765,19 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
         }
         result
     }
+}
+
+/// Lets the unit accept `endpoint`'s page requests, answering them itself (overflow) with the
+/// PASID exactly when the function wants it.
+fn start<B: Backend, P: Platform + ?Sized, const N: usize, const A: usize>(
+    iommu: &mut Iommu<B, N, A>,
+    platform: &P,
+    endpoint: &Endpoint,
+    pasid_in_response: bool,
+) -> Result<()> {
+    let backend = iommu.backend_mut();
+    backend.set_page_requests(platform, endpoint, true)?;
+    backend.set_page_response_pasid(platform, endpoint, pasid_in_response)
 }
 
 /// A `&mut dyn ResponseSink` as a sized sink.
