@@ -10,11 +10,11 @@ use std::vec::Vec as StdVec;
 use super::*;
 use crate::addr::{Bdf, Iova, PhysAddr};
 use crate::iommu::domain::{Backend, Endpoint, Iommu, Isolation};
-use crate::pci::config::ConfigAccess;
 use crate::iommu::fault::{FaultId, PageRequests, PriContext};
 use crate::iommu::pagetable::{Arm64Stage1, Perms};
 use crate::iommu::pri::{Disposition, Group};
 use crate::pci::caps::{find_extended, id};
+use crate::pci::config::ConfigAccess;
 use crate::pci::groups::Groups;
 use crate::pci::groups::testutil::{ACS_ON, endpoint, root_port, vf, with_acs};
 use crate::pci::pri_share::{IommuId, PfPolicy, PriShare};
@@ -93,10 +93,12 @@ fn smmu() -> Smmuv3 {
 }
 
 impl Smmuv3 {
-    fn ppar(&mut self, e: &Endpoint) -> bool {
+    fn ste(&mut self, e: &Endpoint) -> [u64; 8] {
         let sid = StreamId(u32::from(rid(e)));
-        let ste = self.core.backend_mut().unit_mut().stream_entry(&self.p, sid).unwrap().unwrap();
-        ste[1] & PPAR != 0
+        self.core.backend_mut().unit_mut().stream_entry(&self.p, sid).unwrap().unwrap()
+    }
+    fn ppar(&mut self, e: &Endpoint) -> bool {
+        self.ste(e)[1] & PPAR != 0
     }
     /// Model-side checks: no PPAR mismatch, no unexpected response, nothing outstanding.
     fn assert_all_answered_once(&self) {
@@ -398,4 +400,62 @@ fn a_unit_without_pri_cannot_make_a_fault_capable_domain() {
         core.new_fault_domain(&p, s1()),
         Err(Error::Unsupported { what: "SMMU IDR0.PRI (PRI queue)", .. })
     ));
+}
+
+#[test]
+fn a_pasid_attachment_answers_with_the_pasid_and_ppar_outlives_ste_rewrites() {
+    let pci = pci();
+    let iso = pci.iso();
+    let mut v = smmu();
+    let mut s = share(&pci, 256);
+    let mut pri = PriContext::new(&mut s, &pci.model);
+    let mut fault = v.core.new_fault_domain(&v.p, s1()).unwrap();
+    let mut plain = v.core.new_domain(&v.p, s1()).unwrap();
+    let whole = pci.vfs[0];
+    let e = Endpoint::with_pasid(whole.function, whole.bdf, crate::addr::Pasid::new(3).unwrap());
+    // The StreamID on stage 1 first (a substream needs it), then PASID 3 fault-capable.
+    v.core.attach(&v.p, &iso, &mut plain, whole).unwrap();
+    assert!(!v.ppar(&whole));
+    v.faults.attach(&mut v.core, &v.p, &iso, &mut fault, e, &mut pri).unwrap();
+    assert!(pci.pri_on());
+    assert!(v.ppar(&whole));
+    v.inject(&e, Some(3), 1, true);
+    v.faults.process(&mut v.core, &v.p, &mut ok, 64).unwrap();
+    // The requester ID moves to another domain (its CD 0 changes), PPAR kept.
+    let mut other = v.core.new_domain(&v.p, s1()).unwrap();
+    v.core.replace(&v.p, &iso, &mut plain, &mut other, whole).unwrap();
+    assert!(v.ppar(&whole), "STE.PPAR is the function's, not the domain's");
+    v.inject(&e, Some(3), 2, true);
+    v.faults.process(&mut v.core, &v.p, &mut ok, 64).unwrap();
+    let got: StdVec<_> = v.model.pri_responses().iter().map(|r| (r.ssid, r.prgi, r.code)).collect();
+    let success = PriResponseCode::Success;
+    assert_eq!(got, [(Some(3), 1, success), (Some(3), 2, success)]);
+    v.faults.detach(&mut v.core, &v.p, &iso, &mut fault, e, &mut pri, &mut ok).unwrap();
+    assert!(!pci.pri_on());
+    v.core.detach(&v.p, &iso, &mut other, whole).unwrap();
+    v.assert_all_answered_once();
+}
+
+#[test]
+fn ste_rewrites_keep_ppar() {
+    let pci = pci();
+    let iso = pci.iso();
+    let mut v = smmu();
+    let mut s = share(&pci, 256);
+    let mut pri = PriContext::new(&mut s, &pci.model);
+    let mut fault = v.core.new_fault_domain(&v.p, s1()).unwrap();
+    let e = pci.vfs[0];
+    v.faults.attach(&mut v.core, &v.p, &iso, &mut fault, e, &mut pri).unwrap();
+    let translating = v.ste(&e);
+    assert!(v.ppar(&e));
+    // Made abort (as a forced block does) and back: the STE changes, PPAR stays.
+    v.core.backend_mut().remove(&v.p, &e).unwrap();
+    assert_ne!(v.ste(&e)[0], translating[0]);
+    assert!(v.ppar(&e));
+    // A PASID-tagged request of the function is answered with its PASID, as PPAR says.
+    v.inject(&e, Some(9), 1, true);
+    v.faults.process(&mut v.core, &v.p, &mut ok, 64).unwrap();
+    let r = v.model.pri_responses();
+    assert_eq!((r[0].ssid, r[0].prgi, r[0].code), (Some(9), 1, PriResponseCode::Deny));
+    v.assert_all_answered_once();
 }
