@@ -1,7 +1,8 @@
 //! Fault-capable domains: attach, detach and replace of endpoints to domains that receive page
 //! requests (seed `iommufd-fault-capable-attach-detach-replace.txt`), joined to PCIe PRI shared
 //! by a PF and its VFs ([`PriShare`]) and to the page-request service ([`PageRequestService`])
-//! fed by the unit's hardware queue ([`FaultQueue`]; VT-d: [`crate::vtd::prq`]).
+//! fed by the unit's hardware queue ([`FaultQueue`]; VT-d: [`crate::vtd::prq`], SMMUv3:
+//! [`crate::smmuv3::priq::SmmuPriQueue`]).
 //!
 //! [`PageRequests`] owns the hardware queue, the service and the routing table of fault-capable
 //! attachments (it is the service's [`Router`]: (requester ID, PASID) to a [`FaultId`]). Its
@@ -77,7 +78,8 @@ use crate::pci::topology::FunctionIndex;
 pub struct FaultId(pub u32);
 
 /// The unit's hardware page request queue, as fault-capable attach, detach and replace drive
-/// it (implemented for [`crate::vtd::prq::PageRequestQueue`] on [`crate::vtd::Unit`]).
+/// it (implemented for [`crate::vtd::prq::PageRequestQueue`] on [`crate::vtd::Unit`] and for
+/// [`crate::smmuv3::priq::SmmuPriQueue`] on [`crate::smmuv3::SmmuBackend`]).
 pub trait FaultQueue<B: Backend> {
     /// Reads up to `budget` entries into `service`; returns how many were read.
     #[allow(clippy::too_many_arguments, reason = "the queue, its service and the three parties")]
