@@ -176,7 +176,9 @@ struct FunctionRecord {
     rid: RequesterId,
     user: PriUser,
     pasid_in_response: bool,
-    /// Fault-capable attachments.
+    /// Fault-capable attachments. 0 and not stuck: the function left (kept, while there is
+    /// room, so that its late page requests, which an SMMUv3 still queues, are answered with
+    /// the PASID as it wants; evicted when the room is needed).
     count: usize,
     /// A drain failed: it stays a PRI user (its groups may be outstanding); a later
     /// fault-capable attach of the function reuses that use. Nothing releases it yet.
@@ -202,6 +204,20 @@ impl<const FA: usize> FaultRoutes<FA> {
 
     fn record_mut(&mut self, function: FunctionIndex) -> Option<&mut FunctionRecord> {
         self.functions.iter_mut().find(|f| f.function == function)
+    }
+
+    /// Room for a new function record, evicting one of a function that left if needed.
+    fn make_room(&mut self) -> bool {
+        if !self.functions.is_full() {
+            return true;
+        }
+        match self.functions.iter().position(|f| f.count == 0 && !f.stuck) {
+            Some(at) => {
+                self.functions.swap_remove(at);
+                true
+            }
+            None => false,
+        }
     }
 
     fn id_of(&self, endpoint: &Endpoint) -> Option<FaultId> {
@@ -513,11 +529,11 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
             self.undo_enable(platform, enabled, user, pri);
             return Err(e);
         }
-        // The function's record (if it has fault-capable attachments) knows the PF's answer.
-        let pasid_in_response = self
-            .routes
-            .record(endpoint.function)
-            .map_or(enabled.pasid_in_response, |r| r.pasid_in_response);
+        // The PF's answer: from this enable, else from the function's record.
+        let pasid_in_response = match self.routes.record(endpoint.function) {
+            Some(r) if !enabled.now => r.pasid_in_response,
+            _ => enabled.pasid_in_response,
+        };
         if new_id.is_some()
             && let Err(e) = start(iommu, platform, &endpoint, pasid_in_response)
         {
@@ -609,7 +625,9 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
     {
         let record = self.routes.record(endpoint.function);
         if !record.is_some_and(|f| f.count > 0 || f.stuck) {
-            if record.is_none() && self.routes.functions.is_full() {
+            let room = !self.routes.functions.is_full()
+                || self.routes.functions.iter().any(|f| f.count == 0 && !f.stuck);
+            if record.is_none() && !room {
                 return Err(Error::CapacityExceeded {
                     what: "fault-capable functions",
                     capacity: FA,
@@ -650,8 +668,18 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
 
     fn add_route(&mut self, endpoint: Endpoint, user: PriUser, enabled: Enabled) -> Result<()> {
         let id = self.next_id()?;
+        if self.routes.record(endpoint.function).is_none() && !self.routes.make_room() {
+            return Err(Error::CapacityExceeded { what: "fault-capable functions", capacity: FA });
+        }
         let rec = match self.routes.record_mut(endpoint.function) {
-            Some(r) => r,
+            Some(r) => {
+                if enabled.now {
+                    // A function that left and came back: what this enable granted.
+                    r.user = user;
+                    r.pasid_in_response = enabled.pasid_in_response;
+                }
+                r
+            }
             None => {
                 // Room was checked by `enable` (or a record exists).
                 let rec = FunctionRecord {
@@ -752,11 +780,8 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
             });
         }
         if last {
+            // The record stays (count 0) for the function's late requests; see `count`.
             let user = routes.record(endpoint.function).map(|r| r.user);
-            if let Some(at) = routes.functions.iter().position(|f| f.function == endpoint.function)
-            {
-                routes.functions.swap_remove(at);
-            }
             if let Some(user) = user {
                 let disabled =
                     pri.share.disable(pri.cfg, platform, user, pri.vfs_with_ats, pri.stop_timeout);

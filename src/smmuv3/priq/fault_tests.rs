@@ -459,3 +459,30 @@ fn ste_rewrites_keep_ppar() {
     assert_eq!((r[0].ssid, r[0].prgi, r[0].code), (Some(9), 1, PriResponseCode::Deny));
     v.assert_all_answered_once();
 }
+
+#[test]
+fn a_late_pasid_request_after_the_last_detach_is_answered_as_the_function_wants() {
+    let pci = pci();
+    let iso = pci.iso();
+    let mut v = smmu();
+    let mut s = share(&pci, 256);
+    let mut pri = PriContext::new(&mut s, &pci.model);
+    let mut d = v.core.new_fault_domain(&v.p, s1()).unwrap();
+    let e = pci.vfs[1];
+    v.faults.attach(&mut v.core, &v.p, &iso, &mut d, e, &mut pri).unwrap();
+    v.faults.detach(&mut v.core, &v.p, &iso, &mut d, e, &mut pri, &mut ok).unwrap();
+    assert!(!pci.pri_on());
+    // The SMMU has no per-stream PRI refusal: a request the function sent late still reaches
+    // the queue, and its Deny carries the PASID (the function's PRG Response PASID Required,
+    // which STE.PPAR still says).
+    assert!(matches!(v.inject(&e, Some(5), 3, true), PriOutcome::Queued(_)));
+    v.faults.process(&mut v.core, &v.p, &mut ok, 64).unwrap();
+    let r = v.model.pri_responses();
+    assert_eq!((r[0].ssid, r[0].prgi, r[0].code), (Some(5), 3, PriResponseCode::Deny));
+    v.assert_all_answered_once();
+    // Attached again later: a fresh enable, the same answer.
+    v.faults.attach(&mut v.core, &v.p, &iso, &mut d, e, &mut pri).unwrap();
+    assert!(pci.pri_on() && v.ppar(&e));
+    v.faults.detach(&mut v.core, &v.p, &iso, &mut d, e, &mut pri, &mut ok).unwrap();
+    assert!(!pci.pri_on());
+}
