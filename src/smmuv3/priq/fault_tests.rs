@@ -486,3 +486,37 @@ fn a_late_pasid_request_after_the_last_detach_is_answered_as_the_function_wants(
     v.faults.detach(&mut v.core, &v.p, &iso, &mut d, e, &mut pri, &mut ok).unwrap();
     assert!(!pci.pri_on());
 }
+
+#[test]
+fn functions_that_left_make_room_for_new_ones() {
+    let pci = pci();
+    let iso = pci.iso();
+    let mut v = smmu();
+    // Room for two fault-capable attachments (and two function records).
+    let mut faults = PageRequests::<SmmuPriQueue, 8, 4, 2>::new(SmmuPriQueue);
+    let mut s = share(&pci, 256);
+    let mut pri = PriContext::new(&mut s, &pci.model);
+    let mut d = v.core.new_fault_domain(&v.p, s1()).unwrap();
+    for e in [pci.vfs[0], pci.vfs[1]] {
+        faults.attach(&mut v.core, &v.p, &iso, &mut d, e, &mut pri).unwrap();
+        faults.detach(&mut v.core, &v.p, &iso, &mut d, e, &mut pri, &mut ok).unwrap();
+    }
+    // Both records are of functions that left: each new function evicts one.
+    for e in [pci.pf, pci.vfs[2]] {
+        faults.attach(&mut v.core, &v.p, &iso, &mut d, e, &mut pri).unwrap();
+        assert_eq!(faults.fault_attachments(e.function), 1);
+    }
+    assert_eq!(pri.share.users(pf_bdf()), 2);
+    let err = faults.attach(&mut v.core, &v.p, &iso, &mut d, pci.vfs[0], &mut pri).unwrap_err();
+    assert!(matches!(err, Error::CapacityExceeded { capacity: 2, .. }), "{err:?}");
+    assert_eq!(pri.share.users(pf_bdf()), 2, "the refusal changed nothing");
+    for e in [pci.pf, pci.vfs[2]] {
+        v.inject(&e, None, 1, true);
+    }
+    faults.process(&mut v.core, &v.p, &mut ok, 64).unwrap();
+    for e in [pci.pf, pci.vfs[2]] {
+        faults.detach(&mut v.core, &v.p, &iso, &mut d, e, &mut pri, &mut ok).unwrap();
+    }
+    assert!(!pci.pri_on());
+    v.assert_all_answered_once();
+}
