@@ -16,7 +16,10 @@
 //!   in the context entry). Any refusal ([`Error::PriUnavailable`] for a function whose PF has
 //!   no PRI, [`Error::PriBudgetExceeded`], ...) changes nothing.
 //! - **Disable on last use**: the last detach (or replace to a non-fault-capable domain) of a
-//!   function ends its use of the PF's PRI ([`PriShare::disable`]), after the drain.
+//!   function ends its use of the PF's PRI ([`PriShare::disable`]), after the drain. Its
+//!   record (PF's "PRG Response PASID Required") stays while there is room, so that requests
+//!   it still sends (an SMMUv3 has no per-stream refusal and queues them) are answered Invalid
+//!   with the PASID as it wants.
 //! - **Drain before return**: on detach, and on replace away from a fault-capable domain, the
 //!   entry is first blocked or switched and invalidated (the [`Iommu`] call), the attachment
 //!   leaves the routing table (so requests of it still in the queue are answered Invalid), the

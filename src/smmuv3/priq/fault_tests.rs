@@ -520,3 +520,41 @@ fn functions_that_left_make_room_for_new_ones() {
     assert!(!pci.pri_on());
     v.assert_all_answered_once();
 }
+
+#[test]
+fn a_detach_whose_ste_change_is_never_confirmed_still_blocks_and_reports() {
+    let pci = pci();
+    let iso = pci.iso();
+    let mut v = smmu();
+    let mut s = share(&pci, 256);
+    let mut pri = PriContext::new(&mut s, &pci.model);
+    let mut d = v.core.new_fault_domain(&v.p, s1()).unwrap();
+    let e = pci.vfs[2];
+    v.faults.attach(&mut v.core, &v.p, &iso, &mut d, e, &mut pri).unwrap();
+    let pending = d.map(&v.p, Iova(IOVA), PhysAddr(0x8000_0000), 0x1000, Perms::RW).unwrap();
+    v.core.flush(&v.p, &d, pending).unwrap();
+    v.inject(&e, None, 6, true);
+    let mut defer = |_: &Group<'_, FaultId>| Disposition::Defer;
+    v.faults.process(&mut v.core, &v.p, &mut defer, 64).unwrap();
+    v.core.backend_mut().unit_mut().command_queue().set_timeout(Duration::from_millis(5));
+    // The CMD_SYNC behind the detach's CFGI_STE stalls, and every later one waits behind it.
+    v.model.stall_next_sync();
+    let start = v.p.now();
+    let err = v.faults.detach(&mut v.core, &v.p, &iso, &mut d, e, &mut pri, &mut ok).unwrap_err();
+    assert!(
+        matches!(err, Error::PageRequestDrain { function, .. } if function == e.bdf),
+        "{err:?}"
+    );
+    assert!(v.p.now().since(start) < Duration::from_millis(100), "bounded");
+    // The CFGI_STE ahead of the stalled CMD_SYNC was processed: blocked.
+    assert!(!v.reaches(&e));
+    assert_eq!(v.core.domain_of(&e), None);
+    assert_eq!(v.faults.stuck().map(|u| u.bdf).collect::<StdVec<_>>(), [e.bdf]);
+    assert!(pci.pri_on());
+    assert_eq!(d.unconfirmed_detaches(), 1, "the domain can never be destroyed");
+    v.model.release_stalled_sync();
+    v.p.step_all();
+    let sid = u32::from(rid(&e));
+    assert_eq!(responses(&v.model), [(sid, 6, PriResponseCode::Deny)]);
+    v.assert_all_answered_once();
+}
