@@ -237,6 +237,19 @@ pub trait Backend {
         let _ = (platform, endpoint, on);
         self.page_requests()
     }
+    /// Tells the unit whether `endpoint`'s function wants the PASID on page group responses
+    /// (its PF's PRI "PRG Response PASID Required"), for the responses the unit sends itself
+    /// (SMMUv3: STE.PPAR, §8.1); called after `set_page_requests(.., true)`. Default: nothing
+    /// to keep (VT-d's own responses follow the request).
+    fn set_page_response_pasid<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        endpoint: &Endpoint,
+        required: bool,
+    ) -> Result<()> {
+        let _ = (platform, endpoint, required);
+        Ok(())
+    }
 }
 
 /// An I/O address space. Created by [`Iommu::new_domain`] (and the identity and blocking

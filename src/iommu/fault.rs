@@ -1,7 +1,8 @@
 //! Fault-capable domains: attach, detach and replace of endpoints to domains that receive page
 //! requests (seed `iommufd-fault-capable-attach-detach-replace.txt`), joined to PCIe PRI shared
 //! by a PF and its VFs ([`PriShare`]) and to the page-request service ([`PageRequestService`])
-//! fed by the unit's hardware queue ([`FaultQueue`]; VT-d: [`crate::vtd::prq`]).
+//! fed by the unit's hardware queue ([`FaultQueue`]; VT-d: [`crate::vtd::prq`], SMMUv3:
+//! [`crate::smmuv3::priq::SmmuPriQueue`]).
 //!
 //! [`PageRequests`] owns the hardware queue, the service and the routing table of fault-capable
 //! attachments (it is the service's [`Router`]: (requester ID, PASID) to a [`FaultId`]). Its
@@ -15,7 +16,10 @@
 //!   in the context entry). Any refusal ([`Error::PriUnavailable`] for a function whose PF has
 //!   no PRI, [`Error::PriBudgetExceeded`], ...) changes nothing.
 //! - **Disable on last use**: the last detach (or replace to a non-fault-capable domain) of a
-//!   function ends its use of the PF's PRI ([`PriShare::disable`]), after the drain.
+//!   function ends its use of the PF's PRI ([`PriShare::disable`]), after the drain. Its
+//!   record (PF's "PRG Response PASID Required") stays while there is room, so that requests
+//!   it still sends (an SMMUv3 has no per-stream refusal and queues them) are answered Invalid
+//!   with the PASID as it wants.
 //! - **Drain before return**: on detach, and on replace away from a fault-capable domain, the
 //!   entry is first blocked or switched and invalidated (the [`Iommu`] call), the attachment
 //!   leaves the routing table (so requests of it still in the queue are answered Invalid), the
@@ -77,7 +81,8 @@ use crate::pci::topology::FunctionIndex;
 pub struct FaultId(pub u32);
 
 /// The unit's hardware page request queue, as fault-capable attach, detach and replace drive
-/// it (implemented for [`crate::vtd::prq::PageRequestQueue`] on [`crate::vtd::Unit`]).
+/// it (implemented for [`crate::vtd::prq::PageRequestQueue`] on [`crate::vtd::Unit`] and for
+/// [`crate::smmuv3::priq::SmmuPriQueue`] on [`crate::smmuv3::SmmuBackend`]).
 pub trait FaultQueue<B: Backend> {
     /// Reads up to `budget` entries into `service`; returns how many were read.
     #[allow(clippy::too_many_arguments, reason = "the queue, its service and the three parties")]
@@ -174,7 +179,9 @@ struct FunctionRecord {
     rid: RequesterId,
     user: PriUser,
     pasid_in_response: bool,
-    /// Fault-capable attachments.
+    /// Fault-capable attachments. 0 and not stuck: the function left (kept, while there is
+    /// room, so that its late page requests, which an SMMUv3 still queues, are answered with
+    /// the PASID as it wants; evicted when the room is needed).
     count: usize,
     /// A drain failed: it stays a PRI user (its groups may be outstanding); a later
     /// fault-capable attach of the function reuses that use. Nothing releases it yet.
@@ -200,6 +207,20 @@ impl<const FA: usize> FaultRoutes<FA> {
 
     fn record_mut(&mut self, function: FunctionIndex) -> Option<&mut FunctionRecord> {
         self.functions.iter_mut().find(|f| f.function == function)
+    }
+
+    /// Room for a new function record, evicting one of a function that left if needed.
+    fn make_room(&mut self) -> bool {
+        if !self.functions.is_full() {
+            return true;
+        }
+        match self.functions.iter().position(|f| f.count == 0 && !f.stuck) {
+            Some(at) => {
+                self.functions.swap_remove(at);
+                true
+            }
+            None => false,
+        }
     }
 
     fn id_of(&self, endpoint: &Endpoint) -> Option<FaultId> {
@@ -391,7 +412,7 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
             self.undo_enable(platform, enabled, user, pri);
             return Err(e);
         }
-        if let Err(e) = iommu.backend_mut().set_page_requests(platform, &endpoint, true) {
+        if let Err(e) = start(iommu, platform, &endpoint, enabled.pasid_in_response) {
             let _ = iommu.detach(platform, iso, domain, endpoint);
             self.undo_enable(platform, enabled, user, pri);
             return Err(e);
@@ -511,8 +532,13 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
             self.undo_enable(platform, enabled, user, pri);
             return Err(e);
         }
+        // The PF's answer: from this enable, else from the function's record.
+        let pasid_in_response = match self.routes.record(endpoint.function) {
+            Some(r) if !enabled.now => r.pasid_in_response,
+            _ => enabled.pasid_in_response,
+        };
         if new_id.is_some()
-            && let Err(e) = iommu.backend_mut().set_page_requests(platform, &endpoint, true)
+            && let Err(e) = start(iommu, platform, &endpoint, pasid_in_response)
         {
             // Back to where it was (best effort), then undo the enable.
             let _ = iommu.replace(platform, iso, new, old, endpoint);
@@ -602,7 +628,9 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
     {
         let record = self.routes.record(endpoint.function);
         if !record.is_some_and(|f| f.count > 0 || f.stuck) {
-            if record.is_none() && self.routes.functions.is_full() {
+            let room = !self.routes.functions.is_full()
+                || self.routes.functions.iter().any(|f| f.count == 0 && !f.stuck);
+            if record.is_none() && !room {
                 return Err(Error::CapacityExceeded {
                     what: "fault-capable functions",
                     capacity: FA,
@@ -643,8 +671,18 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
 
     fn add_route(&mut self, endpoint: Endpoint, user: PriUser, enabled: Enabled) -> Result<()> {
         let id = self.next_id()?;
+        if self.routes.record(endpoint.function).is_none() && !self.routes.make_room() {
+            return Err(Error::CapacityExceeded { what: "fault-capable functions", capacity: FA });
+        }
         let rec = match self.routes.record_mut(endpoint.function) {
-            Some(r) => r,
+            Some(r) => {
+                if enabled.now {
+                    // A function that left and came back: what this enable granted.
+                    r.user = user;
+                    r.pasid_in_response = enabled.pasid_in_response;
+                }
+                r
+            }
             None => {
                 // Room was checked by `enable` (or a record exists).
                 let rec = FunctionRecord {
@@ -745,11 +783,8 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
             });
         }
         if last {
+            // The record stays (count 0) for the function's late requests; see `count`.
             let user = routes.record(endpoint.function).map(|r| r.user);
-            if let Some(at) = routes.functions.iter().position(|f| f.function == endpoint.function)
-            {
-                routes.functions.swap_remove(at);
-            }
             if let Some(user) = user {
                 let disabled =
                     pri.share.disable(pri.cfg, platform, user, pri.vfs_with_ats, pri.stop_timeout);
@@ -760,6 +795,19 @@ impl<Q, const G: usize, const PG: usize, const FA: usize> PageRequests<Q, G, PG,
         }
         result
     }
+}
+
+/// Lets the unit accept `endpoint`'s page requests, answering them itself (overflow) with the
+/// PASID exactly when the function wants it.
+fn start<B: Backend, P: Platform + ?Sized, const N: usize, const A: usize>(
+    iommu: &mut Iommu<B, N, A>,
+    platform: &P,
+    endpoint: &Endpoint,
+    pasid_in_response: bool,
+) -> Result<()> {
+    let backend = iommu.backend_mut();
+    backend.set_page_requests(platform, endpoint, true)?;
+    backend.set_page_response_pasid(platform, endpoint, pasid_in_response)
 }
 
 /// A `&mut dyn ResponseSink` as a sized sink.

@@ -12,6 +12,12 @@
 //! - **Removal** sets abort, never an invalid STE (which raises C_BAD_STE for every DMA) and
 //!   never bypass. The CD table is kept: substreams still attached are blocked with the STE and
 //!   translate again once the StreamID is attached to a stage-1 domain.
+//! - **Page requests** (fault-capable domains, [`crate::iommu::fault`]): need IDR0.PRI and the
+//!   PRI queue; the STE has no per-stream enable (the PRI queue takes every StreamID's), so
+//!   [`Backend::set_page_requests`] only checks. STE.PPAR mirrors the function's "PRG Response
+//!   PASID Required" ([`Backend::set_page_response_pasid`]), so the SMMU's own responses
+//!   (overflow, §8.1) carry the PASID exactly when [`super::priq::CommandSink`]'s do; a
+//!   property of the function, it is kept across every STE rewrite of the StreamID.
 //! - **Flush**: TLBI by range of the ASID (stage 1: one ASID covers every SubstreamID using
 //!   it) or VMID, one CMD_SYNC, then the emptied tables are freed (leaked if the SMMU did not
 //!   confirm).
@@ -68,6 +74,26 @@ impl<'a> SmmuBackend<'a> {
         &mut self.unit
     }
 
+    /// How requester IDs become StreamIDs here.
+    pub const fn sid_map(&self) -> SidMap<'a> {
+        self.map
+    }
+
+    /// `set_stream`, keeping STE.PPAR (a property of the function, not of the domain).
+    fn set_stream_keeping_ppar<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        sid: StreamId,
+        config: StreamConfig,
+    ) -> Result<()> {
+        let ppar = self
+            .unit
+            .stream_entry(platform, sid)?
+            .is_some_and(|ste| ste[0] & STE_V != 0 && ste[1] & STE_PPAR != 0);
+        self.unit.set_stream(platform, sid, config)?;
+        if ppar { self.unit.set_page_response_pasid_required(platform, sid, true) } else { Ok(()) }
+    }
+
     /// The StreamID requests of `bdf` arrive with; [`Error::BadReference`] if they do not go
     /// through this SMMU.
     pub fn stream_id(&self, bdf: Bdf) -> Result<StreamId> {
@@ -92,6 +118,20 @@ impl<'a> SmmuBackend<'a> {
             });
         }
         Ok(ssid)
+    }
+}
+
+/// STE.V (§5.2, word 0 bit 0; Linux `STRTAB_STE_0_V`).
+const STE_V: u64 = 1;
+/// STE.PPAR (§5.2, word 1 bit 18; Linux `STRTAB_STE_1_PPAR`).
+const STE_PPAR: u64 = 1 << 18;
+
+impl super::priq::StreamIds for SidMap<'_> {
+    fn stream_id(&self, rid: crate::addr::RequesterId) -> Option<StreamId> {
+        match self {
+            Self::Identity => Some(StreamId(u32::from(rid.0))),
+            Self::Firmware(map) => map.stream_id(rid).ok().flatten(),
+        }
     }
 }
 
@@ -200,7 +240,7 @@ impl Backend for SmmuBackend<'_> {
             Target::Identity => StreamConfig::Bypass,
             Target::Blocking => StreamConfig::Abort,
         };
-        self.unit.set_stream(platform, sid, config)
+        self.set_stream_keeping_ppar(platform, sid, config)
     }
 
     fn remove<P: Platform + ?Sized>(&mut self, platform: &P, endpoint: &Endpoint) -> Result<()> {
@@ -211,7 +251,7 @@ impl Backend for SmmuBackend<'_> {
                 self.unit.set_substream(platform, sid, ssid, None)
             }
             // Abort, not invalid: an invalid STE raises C_BAD_STE for every DMA.
-            None => self.unit.set_stream(platform, sid, StreamConfig::Abort),
+            None => self.set_stream_keeping_ppar(platform, sid, StreamConfig::Abort),
         }
     }
 
@@ -221,7 +261,43 @@ impl Backend for SmmuBackend<'_> {
         endpoint: &Endpoint,
     ) -> Result<()> {
         let sid = self.stream_id(endpoint.bdf)?;
-        self.unit.set_stream(platform, sid, StreamConfig::Abort)
+        self.set_stream_keeping_ppar(platform, sid, StreamConfig::Abort)
+    }
+
+    fn page_requests(&self) -> Result<()> {
+        let idr0 = self.unit.ids().idr0;
+        // The unit sets its PRI queue up exactly where IDR0.PRI.
+        if !idr0.pri() {
+            return Err(Error::Unsupported {
+                what: "SMMU IDR0.PRI (PRI queue)",
+                value: u64::from(idr0.0),
+            });
+        }
+        Ok(())
+    }
+
+    fn set_page_requests<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        endpoint: &Endpoint,
+        on: bool,
+    ) -> Result<()> {
+        let _ = platform;
+        // No per-stream enable: the PRI queue takes every StreamID's requests; the STE (abort
+        // after a detach) decides nothing about them. STE.PPAR stays: the function still
+        // wants the PASID on any response to what it already sent.
+        self.stream_id(endpoint.bdf)?;
+        if on { Backend::page_requests(self) } else { Ok(()) }
+    }
+
+    fn set_page_response_pasid<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        endpoint: &Endpoint,
+        required: bool,
+    ) -> Result<()> {
+        let sid = self.stream_id(endpoint.bdf)?;
+        self.unit.set_page_response_pasid_required(platform, sid, required)
     }
 
     fn flush<P: Platform + ?Sized>(

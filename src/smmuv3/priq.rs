@@ -63,6 +63,7 @@ use crate::iommu::pri::{
     ResponseCode, ResponseSink, Router, Routing,
 };
 
+use super::backend::SmmuBackend;
 use super::command::{Command, PriResponse};
 use super::discovery::StreamIdMap;
 use super::queue::{CommandQueue, OVERFLOW_FLAG, index};
@@ -519,6 +520,80 @@ where
     Ok(answered)
 }
 
+/// The PRI queue of an [`SmmuBackend`] as fault-capable domains drive it
+/// ([`crate::iommu::fault::PageRequests`]): [`service`], [`drain`] and [`CommandSink`] with the
+/// backend's RID-to-StreamID map. The queue itself lives in the [`Unit`]; this holds nothing.
+///
+/// The core's detach or replace has already made the STE abort (or cleared the CD) with its
+/// CFGI and CMD_SYNC before the drain; it does not enable ATS, so no ATC invalidation is owed
+/// (a caller that enables ATS invalidates the ATC and syncs before detaching).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct SmmuPriQueue;
+
+impl<'a> crate::iommu::fault::FaultQueue<SmmuBackend<'a>> for SmmuPriQueue {
+    /// One [`service`] pass: everything up to the PROD it reads (at most the queue's size),
+    /// whatever `budget` says, because §8.1.1 overflow recovery needs the whole queue read.
+    fn service<P, R, H, const G: usize, const PG: usize>(
+        &mut self,
+        backend: &mut SmmuBackend<'a>,
+        platform: &P,
+        service_: &mut PageRequestService<R::Attachment, G, PG>,
+        router: &mut R,
+        handler: &mut H,
+        budget: usize,
+    ) -> Result<usize>
+    where
+        P: Platform + ?Sized,
+        R: Router,
+        H: Handler<R::Attachment>,
+    {
+        let _ = budget;
+        let map = backend.sid_map();
+        service(backend.unit_mut(), platform, &map, service_, router, handler).map(|p| p.read)
+    }
+
+    fn drain<P, R, H, const G: usize, const PG: usize>(
+        &mut self,
+        backend: &mut SmmuBackend<'a>,
+        platform: &P,
+        service_: &mut PageRequestService<R::Attachment, G, PG>,
+        router: &mut R,
+        handler: &mut H,
+        attachment: R::Attachment,
+        endpoint: &crate::iommu::domain::Endpoint,
+        tag: u32,
+    ) -> Result<()>
+    where
+        P: Platform + ?Sized,
+        R: Router,
+        H: Handler<R::Attachment>,
+    {
+        // The entry change was invalidated by StreamID (CFGI_STE or CFGI_CD) and synced by the
+        // core; nothing is tagged by `tag` that the drain needs.
+        let _ = tag;
+        backend.stream_id(endpoint.bdf)?;
+        let map = backend.sid_map();
+        drain(backend.unit_mut(), platform, &map, service_, router, handler, attachment).map(|_| ())
+    }
+
+    fn with_sink<P: Platform + ?Sized, T>(
+        &mut self,
+        backend: &mut SmmuBackend<'a>,
+        platform: &P,
+        f: impl FnOnce(&mut dyn ResponseSink) -> Result<T>,
+    ) -> Result<T> {
+        let map = backend.sid_map();
+        let unit = backend.unit_mut();
+        if unit.pri_and_command_queues().is_none() {
+            return Err(unsupported(unit));
+        }
+        let mut sink = CommandSink::new(platform, unit.command_queue(), &map);
+        let out = f(&mut sink)?;
+        sink.flush()?;
+        Ok(out)
+    }
+}
+
 /// Points the PRI queue interrupt at an MSI (`address`, `data`) where IDR0.MSI (`None` keeps the
 /// wired interrupt, or disables the MSI with address 0) and sets IRQ_CTRL.PRIQ_IRQEN with the
 /// IRQ_CTRLACK handshake, keeping the other enables. With `last_only` (PRIQ_IRQ_CFG2.LO, an MSI
@@ -554,5 +629,7 @@ pub fn enable_interrupt<P: Platform + ?Sized>(
     })
 }
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;
