@@ -1220,8 +1220,13 @@ mod tests {
             // interleaving.
             let workers: StdVec<_> = (0..4)
                 .map(|k| {
-                    let (cfg, lock) = (&cfg, &lock);
+                    let (cfg, lock, checks) = (&cfg, &lock, &checks);
                     scope.spawn(move || {
+                        // Start once the observer is running, so its checks interleave with
+                        // the changes however the host schedules the threads.
+                        while checks.load(Ordering::Acquire) == 0 {
+                            std::thread::yield_now();
+                        }
                         let clock = clock();
                         let mut rng = 0x9e37_79b9u32.wrapping_mul(k as u32 + 1);
                         for _ in 0..300 {
@@ -1244,7 +1249,8 @@ mod tests {
                 .collect();
             // An observer checking the invariant at every point it can see.
             scope.spawn(|| {
-                while !done.load(Ordering::Acquire) {
+                loop {
+                    let last = done.load(Ordering::Acquire);
                     lock.with(|s| {
                         let users = s.users(pf());
                         let enabled = cfg.0.lock().unwrap().pri_enabled(id);
@@ -1252,7 +1258,10 @@ mod tests {
                         let used = s.budget(IOMMU).unwrap().used;
                         assert_eq!(used, if users > 0 { 128 } else { 0 });
                     });
-                    checks.fetch_add(1, Ordering::Relaxed);
+                    checks.fetch_add(1, Ordering::Release);
+                    if last {
+                        break;
+                    }
                     std::thread::yield_now();
                 }
             });
