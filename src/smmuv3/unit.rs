@@ -591,13 +591,23 @@ impl Unit {
             what: "SMMU substream on a StreamID without stage 1",
             value: u64::from(sid.0),
         };
-        let slot = self.streams.slot(platform, sid, false)?.ok_or(not_s1)?;
+        let slot = match self.streams.slot(platform, sid, false)? {
+            Some(slot) => slot,
+            None if s1.is_none() => return Ok(()),
+            None => return Err(not_s1),
+        };
         let ste = slot.entry.read();
         let cfg = (ste[0] >> 1) & 7;
-        if ste[0] & 1 == 0 || !matches!(cfg, ste_config::S1_TRANS | ste_config::NESTED) {
+        let on_stage1 = ste[0] & 1 != 0 && matches!(cfg, ste_config::S1_TRANS | ste_config::NESTED);
+        if !on_stage1 && s1.is_some() {
             return Err(not_s1);
         }
-        let (virt, _) = slot.cd_table().ok_or(not_s1)?;
+        // Clearing while the STE is not on stage 1 (the function was blocked first): the CD
+        // table stays with the StreamID and is live again with its next stage-1 STE, so the CD
+        // is cleared all the same, or the substream would come back with it.
+        let Some((virt, _)) = slot.cd_table() else {
+            return if s1.is_none() { Ok(()) } else { Err(not_s1) };
+        };
         let (entry, new_leaf) = match self.cd_layout.entry(platform, virt, ssid, s1.is_some())? {
             Some(found) => found,
             // Clearing a CD whose 2-level leaf was never allocated: nothing to do.

@@ -339,6 +339,32 @@ fn pasid_attachments_are_substreams_of_a_lone_function() {
 }
 
 #[test]
+fn a_pasid_detached_while_its_function_is_blocked_stays_detached() {
+    let (p, model, mut core) = setup(Config::full());
+    let f = fixture();
+    let iso = f.iso();
+    let mut rid_domain = core.new_domain(&p, s1()).unwrap();
+    let mut pasid_domain = core.new_domain(&p, s1()).unwrap();
+    for (d, target) in [(&mut rid_domain, TARGET_A), (&mut pasid_domain, TARGET_B)] {
+        let pending = d.map(&p, Iova(IOVA), PhysAddr(target), 0x1000, Perms::RW).unwrap();
+        core.flush(&p, d, pending).unwrap();
+    }
+    let with_pasid = Endpoint::with_pasid(f.lone.function, f.lone.bdf, Pasid::new(5).unwrap());
+    core.attach(&p, &iso, &mut rid_domain, f.lone).unwrap();
+    core.attach(&p, &iso, &mut pasid_domain, with_pasid).unwrap();
+    assert_eq!(reach(&model, &with_pasid, IOVA), Ok(TARGET_B));
+    // The function first, then its PASID: the second detach must still clear the CD.
+    core.detach(&p, &iso, &mut rid_domain, f.lone).unwrap();
+    core.detach(&p, &iso, &mut pasid_domain, with_pasid).unwrap();
+    assert_eq!(pasid_domain.unconfirmed_detaches(), 0);
+    // Back on stage 1, the function's own requests translate and the PASID's do not.
+    core.attach(&p, &iso, &mut rid_domain, f.lone).unwrap();
+    assert_eq!(reach(&model, &f.lone, IOVA), Ok(TARGET_A));
+    assert_eq!(reach(&model, &with_pasid, IOVA), Err(ev::C_BAD_CD), "the CD stayed cleared");
+    assert!(model.errors().is_empty(), "{:?}", model.errors());
+}
+
+#[test]
 fn pasids_need_substreams() {
     let (p, _model, mut core) = setup(Config::qemu_virt());
     let f = fixture();
