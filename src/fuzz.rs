@@ -737,10 +737,29 @@ mod corpus {
         std::println!("{target}: {} corpus inputs replayed", inputs.len());
     }
 
-    #[test]
-    fn acpi_table() {
-        replay("acpi_table", super::acpi_table);
+    /// One test per target, named after it, replaying its corpus.
+    macro_rules! replay_tests {
+        ($($target:ident),* $(,)?) => {$(
+            #[test]
+            fn $target() {
+                replay(stringify!($target), super::$target);
+            }
+        )*};
     }
+
+    replay_tests!(
+        acpi_table,
+        acpi_walk,
+        device_tree,
+        capabilities,
+        enumeration,
+        page_request,
+        vtd_fault,
+        smmu_idr,
+        smmu_priq,
+        smmu_event,
+        vtd_queue,
+    );
 
     /// The seeds reach deep paths: real QEMU tables and config spaces that parse completely.
     #[test]
@@ -768,55 +787,5 @@ mod corpus {
         assert_eq!(faults, [(0, 0x10, 5)]);
         let dt = std::fs::read(dir.join("device_tree/qemu-virt.dtb")).unwrap();
         assert_eq!(crate::firmware::dt::DeviceTree::new(&dt).unwrap().pci_hosts().count(), 1);
-    }
-
-    #[test]
-    fn acpi_walk() {
-        replay("acpi_walk", super::acpi_walk);
-    }
-
-    #[test]
-    fn device_tree() {
-        replay("device_tree", super::device_tree);
-    }
-
-    #[test]
-    fn capabilities() {
-        replay("capabilities", super::capabilities);
-    }
-
-    #[test]
-    fn enumeration() {
-        replay("enumeration", super::enumeration);
-    }
-
-    #[test]
-    fn page_request() {
-        replay("page_request", super::page_request);
-    }
-
-    #[test]
-    fn vtd_fault() {
-        replay("vtd_fault", super::vtd_fault);
-    }
-
-    #[test]
-    fn smmu_idr() {
-        replay("smmu_idr", super::smmu_idr);
-    }
-
-    #[test]
-    fn smmu_priq() {
-        replay("smmu_priq", super::smmu_priq);
-    }
-
-    #[test]
-    fn smmu_event() {
-        replay("smmu_event", super::smmu_event);
-    }
-
-    #[test]
-    fn vtd_queue() {
-        replay("vtd_queue", super::vtd_queue);
     }
 }
